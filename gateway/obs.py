@@ -1,0 +1,107 @@
+"""Observability: structured logs, pseudonymised addresses.
+
+Rule kept here: nothing of a message reaches a log. Events carry trace ids, directions, sizes,
+durations, outcomes and reply codes; addresses only as a keyed hash (`pseudonymise`), so that
+several instances sharing a key agree on the same token while no one can read them back.
+A last processor drops any field whose name says it holds content, in case a caller forgets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+# Fields that must never be logged, whatever a caller passes.
+_FORBIDDEN = frozenset({"body", "content", "subject", "raw", "plaintext", "text", "name",
+                        "patient", "message", "data"})
+_key: bytes = secrets.token_bytes(32)
+
+
+def set_pseudonym_key(key: bytes) -> None:
+    """Use a shared key so several instances pseudonymise an address to the same token."""
+    global _key
+    if len(key) < 16:
+        raise ValueError("pseudonym key must be at least 16 bytes")
+    _key = key
+
+
+def pseudonymise(address: str) -> str:
+    """A stable, keyed, non-reversible token for an address (16 hex characters)."""
+    digest = hmac.new(_key, address.strip().lower().encode("utf-8", "surrogateescape"),
+                      hashlib.blake2b).hexdigest()
+    return "a:" + digest[:16]
+
+
+def new_trace_id() -> str:
+    return secrets.token_hex(8)
+
+
+def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in list(event):
+        if key in _FORBIDDEN:
+            event[key] = "[redacted]"
+    return event
+
+
+def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
+    """Set structlog (and the stdlib loggers of the libraries) up for production use."""
+    out = stream or sys.stderr
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        numeric = logging.INFO
+    renderer: Any = (structlog.processors.JSONRenderer() if fmt == "json"
+                     else structlog.dev.ConsoleRenderer(colors=out.isatty()))
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # show_locals=False: locals of a failing frame may hold keys or plaintext.
+        structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        ),
+        _redact,
+    ]
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+    # Library loggers: aiosmtpd's mail.log writes every DATA line at DEBUG, aioimaplib whole
+    # responses: never let them below INFO, and route them through the same renderer.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        foreign_pre_chain=shared,
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric, logging.INFO))
+    for noisy in ("mail.log", "aioimaplib", "aioimaplib.aioimaplib", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
+
+
+def disable_core_dumps() -> bool:
+    """Decrypted content lives in memory: make sure a crash cannot write it to a core file."""
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ImportError, ValueError, OSError):
+        return False
+    try:  # PR_SET_DUMPABLE = 4: also blocks ptrace attach by other users
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(4, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    return os.name == "posix"

@@ -1,0 +1,442 @@
+"""CMS EnvelopedData and AuthEnvelopedData: open what peers encrypt for us, seal what we relay.
+
+Rules kept here:
+
+* Pure functions on bytes: no files, no sockets, no clock. Input may be DER or BER (indefinite
+  lengths, chunked strings, as ``openssl cms -stream`` writes): asn1crypto parses it, the
+  cryptography primitives do the rest.
+* Every failure is a typed ``gateway.errors`` error: unparseable input is ``MalformedError``
+  (asn1crypto's own exceptions never escape), another CMS type is ``NotEncrypted``, no recipient
+  info for our identities is ``NotForGateway``, an algorithm outside the allow-list (3DES, RC2,
+  unknown OIDs) is ``UnsupportedAlgorithm``.
+* No Bleichenbacher oracle: after an RSA PKCS#1 v1.5 key transport, a key that does not unwrap,
+  a key of the wrong length, bad CBC padding and a bad GCM tag all end in the same
+  ``NotForGateway`` reason, and a failed unwrap continues with a random key so that the work done
+  does not depend on the padding either.
+* We seal with AES-256-CBC and RSA PKCS#1 v1.5 key transport, one recipient info per recipient
+  (issuerAndSerialNumber): the combination every peer on both networks opens.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+
+from asn1crypto import algos, core
+from asn1crypto import cms as asn1_cms
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, padding
+from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from gateway.errors import (
+    GatewayError,
+    MalformedError,
+    NotEncrypted,
+    NotForGateway,
+    RecipientCertificateError,
+    UnsupportedAlgorithm,
+)
+from gateway.smime.model import Identity, Layer, LayerKind
+
+__all__ = ["decrypt", "encrypt"]
+
+# Content-encryption allow-list: algorithm name (asn1crypto's) -> key length in bytes.
+_CBC_KEY_LENGTHS = {"aes128_cbc": 16, "aes192_cbc": 24, "aes256_cbc": 32}
+_GCM_KEY_LENGTHS = {"aes128_gcm": 16, "aes192_gcm": 24, "aes256_gcm": 32}
+# Known but refused: named in the reason so that the operator sees why.
+_REFUSED_CONTENT = {
+    "tripledes_3key": "3DES",
+    "des": "DES",
+    "rc2": "RC2",
+    "rc4": "RC4",
+    "rc5": "RC5",
+}
+_OAEP_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1,
+    "sha224": hashes.SHA224,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+_BLOCK = 16
+# The one reason given for every failure after a PKCS#1 v1.5 unwrap (see the module rules).
+_OPAQUE_FAILURE = "the message key could not be recovered with the gateway's key"
+
+
+class _GcmParameters(core.Sequence):  # type: ignore[misc]
+    """RFC 5084 ``GCMParameters`` (asn1crypto 1.5.1 has no definition of its own)."""
+
+    _fields = [  # noqa: RUF012 - asn1crypto's declaration style
+        ("aes_nonce", core.OctetString),
+        ("aes_icv_len", core.Integer, {"default": 12}),
+    ]
+
+
+@dataclass(frozen=True)
+class _Recipient:
+    """One KeyTransRecipientInfo, reduced to plain values."""
+
+    rid_kind: str  # "issuer-serial" | "ski"
+    issuer: str | None  # asn1crypto's normalised ("hashable") form of the issuer name
+    serial: int | None
+    ski: bytes | None
+    algorithm: object  # the asn1crypto KeyEncryptionAlgorithm, parsed when the recipient matches
+    encrypted_key: bytes
+
+
+@dataclass(frozen=True)
+class _Envelope:
+    kind: LayerKind
+    recipients: tuple[_Recipient, ...]
+    recipient_count: int  # every RecipientInfo, key transport or not
+    content_algorithm: str
+    iv: bytes  # CBC IV or GCM nonce
+    ciphertext: bytes
+    mac: bytes  # GCM tag (empty for CBC)
+    aad: bytes  # DER of authAttrs as a SET OF (empty if absent)
+
+
+@dataclass(frozen=True)
+class _KeyTransport:
+    name: str  # "rsaes_pkcs1v15" | "rsaes_oaep"
+    padding: asym_padding.AsymmetricPadding
+    oaep_hash: str | None
+
+
+@contextmanager
+def _parsing(what: str) -> Iterator[None]:
+    """Turn whatever asn1crypto raises on bad input into a ``MalformedError``."""
+    try:
+        yield
+    except GatewayError:
+        raise
+    except Exception as error:  # ValueError, TypeError, KeyError, RecursionError...
+        # ``from None``: the library's message may quote bytes of the message.
+        raise MalformedError(f"malformed CMS ({what}: {type(error).__name__})") from None
+
+
+# --- decrypt ---------------------------------------------------------------------------------
+
+
+def decrypt(cms: bytes, identities: Sequence[Identity]) -> tuple[bytes, Layer]:
+    """Open an EnvelopedData or AuthEnvelopedData ContentInfo (DER or BER) for one of our keys.
+
+    Returns the decrypted content exactly as it was encrypted (the inner MIME entity) and the
+    layer describing how it was protected.
+    """
+    envelope = _parse(cms)
+    candidates = _match(envelope.recipients, identities)
+    if not candidates:
+        raise NotForGateway("encrypted for none of the gateway's identities")
+    _check_content_algorithm(envelope)
+
+    first_error: GatewayError | None = None
+    for recipient, identity in candidates:
+        try:
+            transport = _key_transport(recipient)
+            content = _open(envelope, recipient, identity, transport)
+        except UnsupportedAlgorithm:
+            raise
+        except GatewayError as error:
+            # Several of our identities may be listed; one failing does not condemn the others.
+            first_error = first_error or error
+            continue
+        detail = {
+            "key_transport": transport.name,
+            "content_encryption": envelope.content_algorithm,
+            "recipient": recipient.rid_kind,
+            "recipients": str(envelope.recipient_count),
+        }
+        if transport.oaep_hash is not None:
+            detail["oaep_hash"] = transport.oaep_hash
+        return content, Layer(kind=envelope.kind, detail=detail)
+    assert first_error is not None  # noqa: S101 - candidates was not empty
+    raise first_error
+
+
+def _parse(data: bytes) -> _Envelope:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedError("CMS input is not bytes")
+    data = bytes(data)
+    if not data:
+        raise MalformedError("empty CMS input")
+    with _parsing("ContentInfo"):
+        info = asn1_cms.ContentInfo.load(data, strict=True)
+        content_type = info["content_type"].native
+    if content_type not in ("enveloped_data", "authenticated_enveloped_data"):
+        raise NotEncrypted(f"CMS content type is {content_type}, not an enveloped one")
+    with _parsing("EnvelopedData"):
+        body = info["content"]
+        if not isinstance(body, asn1_cms.EnvelopedData | asn1_cms.AuthEnvelopedData):
+            raise MalformedError("CMS enveloped content is missing")
+        recipients: list[_Recipient] = []
+        count = 0
+        for info_choice in body["recipient_infos"]:
+            count += 1
+            if info_choice.name == "ktri":
+                recipients.append(_parse_ktri(info_choice.chosen))
+            # kari / kekri / pwri / ori: not ours (the gateway holds RSA keys); skipped.
+        if isinstance(body, asn1_cms.AuthEnvelopedData):
+            kind: LayerKind = "auth-enveloped"
+            eci = body["auth_encrypted_content_info"]
+            mac = body["mac"].native
+            attrs = body["auth_attrs"]
+            # RFC 5083 §2.1: the AAD is the DER of authAttrs with a SET OF tag, not [1].
+            aad = b"" if isinstance(attrs, core.Void) else attrs.untag().dump(force=True)
+        else:
+            kind = "enveloped"
+            eci = body["encrypted_content_info"]
+            mac = b""
+            aad = b""
+        algorithm = eci["content_encryption_algorithm"]
+        algorithm_name = algorithm["algorithm"].native
+        ciphertext = eci["encrypted_content"].native
+        if ciphertext is None:
+            raise MalformedError("CMS encrypted content is absent (detached)")
+        iv, icv_len = _content_parameters(kind, algorithm_name, algorithm)
+    if kind == "auth-enveloped" and icv_len and len(mac) != icv_len:
+        raise MalformedError("CMS authentication tag length does not match its parameters")
+    return _Envelope(
+        kind=kind,
+        recipients=tuple(recipients),
+        recipient_count=count,
+        content_algorithm=algorithm_name,
+        iv=iv,
+        ciphertext=ciphertext,
+        mac=mac,
+        aad=aad,
+    )
+
+
+def _parse_ktri(ktri: asn1_cms.KeyTransRecipientInfo) -> _Recipient:
+    rid = ktri["rid"]
+    encrypted_key = ktri["encrypted_key"].native
+    algorithm = ktri["key_encryption_algorithm"]
+    if rid.name == "issuer_and_serial_number":
+        return _Recipient(
+            rid_kind="issuer-serial",
+            issuer=rid.chosen["issuer"].hashable,
+            serial=rid.chosen["serial_number"].native,
+            ski=None,
+            algorithm=algorithm,
+            encrypted_key=encrypted_key,
+        )
+    return _Recipient(
+        rid_kind="ski",
+        issuer=None,
+        serial=None,
+        ski=rid.chosen.native,
+        algorithm=algorithm,
+        encrypted_key=encrypted_key,
+    )
+
+
+def _content_parameters(
+    kind: LayerKind, name: str, algorithm: algos.EncryptionAlgorithm
+) -> tuple[bytes, int]:
+    """The IV (CBC) or nonce and tag length (GCM); empty for what is refused later."""
+    if kind == "enveloped" and name in _CBC_KEY_LENGTHS:
+        iv = algorithm["parameters"].native
+        if not isinstance(iv, bytes) or len(iv) != _BLOCK:
+            raise MalformedError("CMS AES-CBC parameters are not a 16-byte IV")
+        return iv, 0
+    if kind == "auth-enveloped" and name in _GCM_KEY_LENGTHS:
+        raw = algorithm["parameters"]
+        if isinstance(raw, core.Void):
+            raise MalformedError("CMS AES-GCM parameters are absent")
+        params = _GcmParameters.load(raw.dump(), strict=True)
+        nonce = params["aes_nonce"].native
+        icv_len = params["aes_icv_len"].native
+        # RFC 5084: a 12-octet nonce is recommended; GCM needs at least 8 for cryptography.
+        if not 8 <= len(nonce) <= 64 or icv_len not in (12, 13, 14, 15, 16):
+            raise MalformedError("CMS AES-GCM parameters out of range")
+        return nonce, icv_len
+    return b"", 0
+
+
+def _check_content_algorithm(envelope: _Envelope) -> None:
+    name = envelope.content_algorithm
+    if name in _REFUSED_CONTENT:
+        raise UnsupportedAlgorithm(f"{_REFUSED_CONTENT[name]} content encryption refused")
+    allowed = _GCM_KEY_LENGTHS if envelope.kind == "auth-enveloped" else _CBC_KEY_LENGTHS
+    if name not in allowed:
+        raise UnsupportedAlgorithm(f"content encryption {name} refused in {envelope.kind} data")
+
+
+def _match(
+    recipients: Sequence[_Recipient], identities: Sequence[Identity]
+) -> list[tuple[_Recipient, Identity]]:
+    """Pairs (recipient info, identity) whose identifier names the identity's certificate."""
+    keys = [(_identity_keys(identity), identity) for identity in identities]
+    pairs: list[tuple[_Recipient, Identity]] = []
+    for recipient in recipients:
+        for (issuer, serial, skis), identity in keys:
+            if not isinstance(identity.private_key, rsa.RSAPrivateKey):
+                continue
+            if recipient.rid_kind == "ski":
+                hit = recipient.ski in skis
+            else:
+                hit = recipient.serial == serial and recipient.issuer == issuer
+            if hit:
+                pairs.append((recipient, identity))
+    return pairs
+
+
+def _identity_keys(identity: Identity) -> tuple[str, int, frozenset[bytes]]:
+    cert = identity.certificate
+    issuer = asn1_x509.Name.load(cert.issuer.public_bytes()).hashable
+    skis = {x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest}
+    with suppress(x509.ExtensionNotFound):
+        skis.add(cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest)
+    return issuer, cert.serial_number, frozenset(skis)
+
+
+def _key_transport(recipient: _Recipient) -> _KeyTransport:
+    with _parsing("key transport algorithm"):
+        algorithm = recipient.algorithm
+        name = algorithm["algorithm"].native  # type: ignore[index]
+        if name == "rsaes_pkcs1v15":
+            return _KeyTransport(name, asym_padding.PKCS1v15(), None)
+        if name != "rsaes_oaep":
+            raise UnsupportedAlgorithm(f"key transport {name} refused")
+        params = algorithm["parameters"]  # type: ignore[index]
+        if isinstance(params, core.Void):  # absent: every field takes its default
+            params = algos.RSAESOAEPParams({})
+        hash_name = params["hash_algorithm"]["algorithm"].native
+        mgf = params["mask_gen_algorithm"]
+        mgf_name = mgf["algorithm"].native
+        mgf_hash_name = mgf["parameters"]["algorithm"].native
+        p_source = params["p_source_algorithm"]
+        label = p_source["parameters"].native if p_source["algorithm"].native else b""
+    if mgf_name != "mgf1":
+        raise UnsupportedAlgorithm(f"RSA-OAEP mask generation {mgf_name} refused")
+    if hash_name not in _OAEP_HASHES or mgf_hash_name not in _OAEP_HASHES:
+        raise UnsupportedAlgorithm(f"RSA-OAEP hash {hash_name}/{mgf_hash_name} refused")
+    oaep = asym_padding.OAEP(
+        mgf=asym_padding.MGF1(_OAEP_HASHES[mgf_hash_name]()),
+        algorithm=_OAEP_HASHES[hash_name](),
+        label=label or None,
+    )
+    return _KeyTransport("rsaes_oaep", oaep, hash_name)
+
+
+def _open(
+    envelope: _Envelope, recipient: _Recipient, identity: Identity, transport: _KeyTransport
+) -> bytes:
+    key = identity.private_key
+    assert isinstance(key, rsa.RSAPrivateKey)  # noqa: S101 - _match keeps RSA identities only
+    key_length = {**_CBC_KEY_LENGTHS, **_GCM_KEY_LENGTHS}[envelope.content_algorithm]
+    opaque = transport.name == "rsaes_pkcs1v15"
+    try:
+        cek: bytes | None = key.decrypt(recipient.encrypted_key, transport.padding)
+    except ValueError:
+        cek = None
+    if cek is None or len(cek) != key_length:
+        if not opaque:
+            raise NotForGateway("RSA-OAEP key transport did not open with the gateway's key")
+        # Carry on with a random key (as RFC 3218 §2.3.2 advises): failure surfaces below,
+        # with the same reason and nearly the same work as a wrong content key.
+        cek = os.urandom(key_length)
+    content = _decrypt_content(envelope, cek)
+    if content is None:
+        if opaque:
+            raise NotForGateway(_OPAQUE_FAILURE)
+        raise MalformedError("CMS content did not decrypt or authenticate")
+    return content
+
+
+def _decrypt_content(envelope: _Envelope, cek: bytes) -> bytes | None:
+    """The plaintext, or None when padding or tag is wrong (the caller picks the reason)."""
+    ciphertext = envelope.ciphertext
+    if envelope.kind == "auth-enveloped":
+        decryptor = Cipher(
+            algorithms.AES(cek),
+            modes.GCM(envelope.iv, envelope.mac, min_tag_length=len(envelope.mac)),
+        ).decryptor()
+        if envelope.aad:
+            decryptor.authenticate_additional_data(envelope.aad)
+        try:
+            return decryptor.update(ciphertext) + decryptor.finalize()
+        except InvalidTag:
+            return None
+    if not ciphertext or len(ciphertext) % _BLOCK:
+        return None
+    cbc = Cipher(algorithms.AES(cek), modes.CBC(envelope.iv)).decryptor()
+    padded = cbc.update(ciphertext) + cbc.finalize()
+    unpadder = padding.PKCS7(_BLOCK * 8).unpadder()  # checks every padding byte
+    try:
+        return unpadder.update(padded) + unpadder.finalize()
+    except ValueError:
+        return None
+
+
+# --- encrypt ---------------------------------------------------------------------------------
+
+
+def encrypt(content: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
+    """Seal ``content`` (as-is, binary) for every recipient: DER ContentInfo EnvelopedData.
+
+    AES-256-CBC with a fresh key and IV; RSA PKCS#1 v1.5 key transport; recipients named by
+    issuer and serial number.
+    """
+    if not recipients:
+        raise RecipientCertificateError("no recipient certificate to encrypt for")
+    public_keys = [_recipient_key(cert) for cert in recipients]
+    cek = os.urandom(32)
+    iv = os.urandom(_BLOCK)
+    padder = padding.PKCS7(_BLOCK * 8).padder()
+    padded = padder.update(bytes(content)) + padder.finalize()
+    encryptor = Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()
+    ciphertext = encryptor.update(padded) + encryptor.finalize()
+
+    recipient_infos = []
+    for cert, public_key in zip(recipients, public_keys, strict=True):
+        issuer_and_serial = asn1_cms.IssuerAndSerialNumber({
+            "issuer": asn1_x509.Name.load(cert.issuer.public_bytes()),
+            "serial_number": cert.serial_number,
+        })
+        recipient_infos.append(asn1_cms.RecipientInfo(
+            name="ktri",
+            value=asn1_cms.KeyTransRecipientInfo({
+                "version": "v0",
+                "rid": asn1_cms.RecipientIdentifier(
+                    name="issuer_and_serial_number", value=issuer_and_serial
+                ),
+                "key_encryption_algorithm": {"algorithm": "rsaes_pkcs1v15"},
+                "encrypted_key": public_key.encrypt(cek, asym_padding.PKCS1v15()),
+            }),
+        ))
+    enveloped = asn1_cms.EnvelopedData({
+        "version": "v0",
+        "recipient_infos": recipient_infos,
+        "encrypted_content_info": {
+            "content_type": "data",
+            "content_encryption_algorithm": {
+                "algorithm": "aes256_cbc",
+                "parameters": core.OctetString(iv),
+            },
+            "encrypted_content": ciphertext,
+        },
+    })
+    info = asn1_cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped})
+    der: bytes = info.dump()
+    return der
+
+
+def _recipient_key(cert: x509.Certificate) -> rsa.RSAPublicKey:
+    public_key = cert.public_key()
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        raise RecipientCertificateError("recipient certificate has no RSA key (only RSA is sealed)")
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return public_key
+    if not usage.key_encipherment:
+        raise RecipientCertificateError("recipient certificate key usage forbids key encipherment")
+    return public_key

@@ -1,0 +1,206 @@
+"""The recipients' certificates, found by e-mail address (DESIGN §3).
+
+Rule kept here: the directory only *finds* certificates; it does not judge them. Validity,
+revocation and key usage are checked by the caller against the destination network's trust
+store, so that a directory backend (a folder today, LDAP or DNS later) can never make an
+untrusted certificate usable. A backend that cannot be read raises ``DirectoryUnavailable``
+(``450 4.7.1``: the sender retries), never an empty answer that would bounce the message.
+
+``FolderDirectory`` reads every ``*.pem``, ``*.crt`` and ``*.cer`` file of one folder (PEM with
+one or more certificates, or DER) once, at construction and on ``reload()``. Certificates are
+indexed under every address they hold: rfc822Name subject alternative names and the
+emailAddress attribute of the subject DN. Addresses are compared case-insensitively on the whole
+address (local part included: neither network has case-sensitive mailboxes), with IDN domains
+in their A-label form. CA certificates and files that do not parse are left out and listed in
+``skipped`` (file name and reason, for the log; never their content).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import encodings.idna
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
+
+from gateway.errors import DirectoryUnavailable
+
+SUFFIXES = frozenset({".pem", ".crt", ".cer"})
+MAX_FILE_BYTES = 1 << 20  # a certificate file larger than this is not a certificate file
+
+
+class CertificateDirectory(Protocol):
+    """Where the recipients' certificates of one network are found."""
+
+    def lookup(self, address: str) -> list[x509.Certificate]:
+        """Every certificate that names ``address`` (possibly none).
+
+        Raises ``DirectoryUnavailable`` when the backend cannot be read.
+        """
+        ...
+
+
+def normalise_address(address: str) -> str:
+    """Lower-case the whole address and write an IDN domain as A-labels.
+
+    Never raises: an address whose domain cannot be converted is only lower-cased (it will
+    simply match nothing that was converted).
+    """
+    local, at, domain = address.strip().rpartition("@")
+    if not at:
+        return address.strip().lower()
+    domain = domain.lower().rstrip(".")
+    if not domain.isascii():
+        with contextlib.suppress(UnicodeError, ValueError):
+            domain = ".".join(
+                label if label.isascii() else encodings.idna.ToASCII(label).decode("ascii")
+                for label in domain.split(".")
+            ).lower()
+    return f"{local.lower()}@{domain}"
+
+
+def email_addresses(cert: x509.Certificate) -> frozenset[str]:
+    """The normalised e-mail addresses of a certificate (SAN rfc822Name and subject DN)."""
+    found: list[str] = []
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        pass
+    else:
+        found.extend(san.value.get_values_for_type(x509.RFC822Name))
+    for attribute in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
+        if isinstance(attribute.value, str):
+            found.append(attribute.value)
+    return frozenset(normalise_address(a) for a in found if "@" in a)
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _parse(data: bytes) -> list[x509.Certificate]:
+    if b"-----BEGIN" in data:
+        return x509.load_pem_x509_certificates(data)
+    return [x509.load_der_x509_certificate(data)]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file (or a certificate in it) left out of the index, and why."""
+
+    file: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Index:
+    by_address: dict[str, tuple[x509.Certificate, ...]]
+    skipped: tuple[Skipped, ...]
+    certificates: int
+
+
+def _build_index(folder: Path) -> _Index:
+    """Read the folder; OSError on the folder itself propagates (the caller decides)."""
+    entries = sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
+    by_address: dict[str, dict[bytes, x509.Certificate]] = {}
+    skipped: list[Skipped] = []
+    count = 0
+    for path in entries:
+        try:
+            if not path.is_file():
+                continue
+            if path.stat().st_size > MAX_FILE_BYTES:
+                skipped.append(Skipped(path.name, "file too large"))
+                continue
+            certs = _parse(path.read_bytes())
+        except OSError as exc:
+            skipped.append(Skipped(path.name, f"cannot read: {exc.strerror}"))
+            continue
+        except ValueError:
+            skipped.append(Skipped(path.name, "not a PEM or DER certificate"))
+            continue
+        for cert in certs:
+            if is_ca(cert):
+                skipped.append(Skipped(path.name, "CA certificate"))
+                continue
+            try:
+                addresses = email_addresses(cert)
+            except ValueError:  # a malformed extension shows up only when read
+                skipped.append(Skipped(path.name, "malformed certificate extensions"))
+                continue
+            if not addresses:
+                skipped.append(Skipped(path.name, "no e-mail address in the certificate"))
+                continue
+            count += 1
+            fingerprint = cert.fingerprint(hashes.SHA256())
+            for address in addresses:
+                by_address.setdefault(address, {})[fingerprint] = cert
+    return _Index(
+        by_address={a: tuple(certs.values()) for a, certs in by_address.items()},
+        skipped=tuple(skipped),
+        certificates=count,
+    )
+
+
+class FolderDirectory:
+    """A folder of certificate files, indexed in memory by e-mail address."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._index: _Index | None = None
+        self._error: str | None = None
+        # If the folder cannot be read, lookups raise until a reload succeeds: senders retry.
+        with contextlib.suppress(DirectoryUnavailable):
+            self.reload()
+
+    def reload(self) -> None:
+        """Re-read the folder. If it cannot be read, keep the previous index and raise."""
+        with self._lock:
+            try:
+                index = _build_index(self.path)
+            except OSError as exc:
+                self._error = f"certificate folder unreadable: {exc.strerror}"
+                raise DirectoryUnavailable(self._error) from None
+            self._index = index  # one assignment: a lookup sees the old or the new index
+            self._error = None
+
+    def lookup(self, address: str) -> list[x509.Certificate]:
+        index = self._index
+        if index is None:
+            raise DirectoryUnavailable(self._error or "certificate folder not loaded")
+        return list(index.by_address.get(normalise_address(address), ()))
+
+    @property
+    def skipped(self) -> tuple[Skipped, ...]:
+        return self._index.skipped if self._index else ()
+
+    @property
+    def addresses(self) -> frozenset[str]:
+        return frozenset(self._index.by_address) if self._index else frozenset()
+
+    def __len__(self) -> int:
+        """The number of certificates indexed."""
+        return self._index.certificates if self._index else 0
+
+
+class StaticDirectory:
+    """An in-memory directory (tests, the demo): certificates given at construction."""
+
+    def __init__(self, certificates: Iterable[x509.Certificate]) -> None:
+        self._by_address: dict[str, list[x509.Certificate]] = {}
+        for cert in certificates:
+            for address in email_addresses(cert):
+                self._by_address.setdefault(address, []).append(cert)
+
+    def lookup(self, address: str) -> list[x509.Certificate]:
+        return list(self._by_address.get(normalise_address(address), ()))

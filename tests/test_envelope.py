@@ -7,6 +7,7 @@ directory (test-only: the gateway itself never writes a file).
 from __future__ import annotations
 
 import base64
+import datetime
 import email
 import os
 import shutil
@@ -21,11 +22,12 @@ from asn1crypto import cms as asn1_cms
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, padding, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -75,7 +77,8 @@ class Pki:
     gateway: Party
     other: Party  # someone who is not the gateway
     third: Party
-    ec: Party  # an EC identity: the gateway may hold one, it cannot open key transport
+    ec: Party  # an EC (P-256) identity: opens key agreement (kari), not key transport
+    ec384: Party
 
 
 def _party(directory: Path, ca: certgen.Issued, name: str, key_kind: str = "rsa2048") -> Party:
@@ -101,6 +104,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         other=_party(directory, ca, "other"),
         third=_party(directory, ca, "third"),
         ec=_party(directory, ca, "ecgw", key_kind="p256"),
+        ec384=_party(directory, ca, "ec384", key_kind="p384"),
     )
 
 
@@ -366,29 +370,119 @@ def test_encrypt_uses_fresh_key_and_iv(pki: Pki) -> None:
     assert decrypt(one, [pki.gateway.identity])[0] == decrypt(two, [pki.gateway.identity])[0]
 
 
+def _ed25519_certificate() -> x509.Certificate:
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ed25519")])
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, None)
+    )
+
+
 def test_encrypt_refuses_unusable_recipient_certificates(pki: Pki) -> None:
     with pytest.raises(RecipientCertificateError):
-        encrypt(PAYLOAD, [pki.gateway.certificate, pki.ec.certificate])
+        encrypt(PAYLOAD, [pki.gateway.certificate, _ed25519_certificate()])
     with pytest.raises(RecipientCertificateError):
         encrypt(PAYLOAD, [])
     ca = certgen.make_ca("Sign-only CA")
-    sign_only = certgen.make_leaf(ca, "signer", key_usage="sign")
-    with pytest.raises(RecipientCertificateError):
-        encrypt(PAYLOAD, [sign_only.certificate])
+    for kind in ("rsa2048", "p256"):
+        sign_only = certgen.make_leaf(ca, "signer", key_usage="sign", key_kind=kind)
+        with pytest.raises(RecipientCertificateError):
+            encrypt(PAYLOAD, [sign_only.certificate])
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=FIXTURE_OK)
 @given(content=st.binary(max_size=3000))
 def test_round_trip(pki: Pki, content: bytes) -> None:
-    der = encrypt(content, [pki.other.certificate, pki.gateway.certificate])
+    der = encrypt(content, [pki.other.certificate, pki.gateway.certificate, pki.ec.certificate])
+    assert decrypt(der, [pki.ec.identity])[0] == content
     opened, layer = decrypt(der, [pki.gateway.identity])
     assert opened == content
     assert layer.detail == {
         "key_transport": "rsaes_pkcs1v15",
         "content_encryption": "aes256_cbc",
         "recipient": "issuer-serial",
-        "recipients": "2",
+        "recipients": "3",
     }
+
+
+# --- EC identities: RFC 5753 ephemeral-static ECDH (KeyAgreeRecipientInfo) -----------------
+
+
+@needs_openssl
+@pytest.mark.interop
+@pytest.mark.parametrize(
+    ("options", "detail"),
+    [
+        (["-aes256"],
+         {"kdf_hash": "sha1", "key_wrap": "aes256_wrap", "recipient": "issuer-serial"}),
+        (["-aes128", "-keyopt", "ecdh_kdf_md:sha256"],
+         {"kdf_hash": "sha256", "key_wrap": "aes128_wrap", "recipient": "issuer-serial"}),
+        (["-aes-256-gcm", "-keyid", "-keyopt", "ecdh_kdf_md:sha384",
+          "-keyopt", "ecdh_cofactor_mode:1"],
+         {"kdf_hash": "sha384", "key_wrap": "aes256_wrap", "recipient": "ski"}),
+        (["-aes256", "-wrap", "aes128-wrap", "-keyopt", "ecdh_kdf_md:sha512"],
+         {"kdf_hash": "sha512", "key_wrap": "aes128_wrap", "recipient": "issuer-serial"}),
+    ],
+)
+@pytest.mark.parametrize("curve", ["p256", "p384"])
+def test_decrypts_openssl_key_agreement(
+    pki: Pki, payload_file: Path, options: list[str], detail: dict[str, str], curve: str
+) -> None:
+    party = pki.ec if curve == "p256" else pki.ec384
+    # The gateway is one of three recipients, one RSA and two EC.
+    others = [pki.other, pki.ec384 if curve == "p256" else pki.ec]
+    recips: list[str] = []
+    for recipient in [*others, party]:
+        recips += ["-recip", str(recipient.cert_pem)]
+        if recipient is party:
+            recips += [o for o in options if o.startswith("ecdh_") or o == "-keyopt"]
+    plain = [o for o in options if o != "-keyopt" and not o.startswith("ecdh_")]
+    der = _run(["cms", "-encrypt", "-binary", "-in", str(payload_file), "-outform", "DER",
+                *plain, *recips])
+    content, layer = decrypt(der, [pki.gateway.identity, party.identity])
+    assert content == PAYLOAD
+    assert layer.detail["key_transport"] == "ecdh"
+    assert layer.detail["recipients"] == "3"
+    assert {key: layer.detail[key] for key in detail} == detail
+
+
+@needs_openssl
+@pytest.mark.interop
+def test_openssl_decrypts_encrypt_output_for_mixed_rsa_and_ec(pki: Pki) -> None:
+    parties = [pki.other, pki.ec, pki.ec384]
+    der = encrypt(PAYLOAD, [party.certificate for party in parties])
+    assert asn1_cms.ContentInfo.load(der)["content"]["version"].native == "v2"
+    path = pki.directory / "mixed.der"
+    path.write_bytes(der)
+    for party in parties:
+        out = _run(["cms", "-decrypt", "-binary", "-inform", "DER", "-in", str(path),
+                    "-recip", str(party.cert_pem), "-inkey", str(party.key_pem)])
+        assert out == PAYLOAD
+        content, layer = decrypt(der, [party.identity])
+        assert content == PAYLOAD
+        assert layer.detail["key_transport"] == ("ecdh" if party is not pki.other
+                                                 else "rsaes_pkcs1v15")
+
+
+def test_key_agreement_for_another_key_or_tampered(pki: Pki) -> None:
+    der = encrypt(PAYLOAD, [pki.ec.certificate])
+    # Same certificate, another private key: the unwrap's integrity check fails.
+    impostor = Identity(pki.ec.certificate, certgen.new_key("p256"))
+    with pytest.raises(NotForGateway):
+        decrypt(der, [impostor])
+    # An RSA identity never matches a kari, an EC one never a ktri.
+    with pytest.raises(NotForGateway):
+        decrypt(der, [pki.gateway.identity])
+    with pytest.raises(NotForGateway):
+        decrypt(encrypt(PAYLOAD, [pki.gateway.certificate]), [pki.ec.identity])
+    # The P-384 identity with the P-256 certificate's name: another curve.
+    wrong_curve = Identity(pki.ec.certificate, pki.ec384.issued.key)
+    with pytest.raises(GatewayError):
+        decrypt(der, [wrong_curve])
 
 
 # --- structures built by hand: authAttrs, refused algorithms, the v1.5 oracle ----------------

@@ -29,10 +29,12 @@ from asn1crypto import cms as asn1_cms
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, padding
+from cryptography.hazmat.primitives import hashes, padding, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from gateway.errors import (
     GatewayError,
@@ -64,6 +66,23 @@ _OAEP_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha384": hashes.SHA384,
     "sha512": hashes.SHA512,
 }
+# RFC 5753 ECDH ephemeral-static schemes -> X9.63 KDF hash. The cofactor variants are the
+# same computation on the prime curves used for S/MIME (cofactor 1). SHA-1 here is a KDF, not a
+# signature: it is OpenSSL's default and stays accepted.
+_ECDH_SCHEMES = {
+    "1.3.133.16.840.63.0.2": "sha1",  # dhSinglePass-stdDH-sha1kdf-scheme
+    "1.3.132.1.11.0": "sha224",
+    "1.3.132.1.11.1": "sha256",
+    "1.3.132.1.11.2": "sha384",
+    "1.3.132.1.11.3": "sha512",
+    "1.3.133.16.840.63.0.3": "sha1",  # dhSinglePass-cofactorDH-sha1kdf-scheme
+    "1.3.132.1.14.0": "sha224",
+    "1.3.132.1.14.1": "sha256",
+    "1.3.132.1.14.2": "sha384",
+    "1.3.132.1.14.3": "sha512",
+}
+_ECDH_SEAL_SCHEME = "1.3.132.1.11.1"  # dhSinglePass-stdDH-sha256kdf-scheme, what we write
+_KEY_WRAPS = {"aes128_wrap": 16, "aes192_wrap": 24, "aes256_wrap": 32}
 _BLOCK = 16
 # The one reason given for every failure after a PKCS#1 v1.5 unwrap (see the module rules).
 _OPAQUE_FAILURE = "the message key could not be recovered with the gateway's key"
@@ -78,16 +97,36 @@ class _GcmParameters(core.Sequence):  # type: ignore[misc]
     ]
 
 
+class _WrapAlgorithm(core.Sequence):  # type: ignore[misc]
+    """AlgorithmIdentifier of an AES key wrap: parameters absent (RFC 3565)."""
+
+    _fields = [("algorithm", core.ObjectIdentifier)]  # noqa: RUF012
+
+
+class _EccCmsSharedInfo(core.Sequence):  # type: ignore[misc]
+    """RFC 5753 ``ECC-CMS-SharedInfo``: the X9.63 KDF's shared info."""
+
+    _fields = [  # noqa: RUF012
+        ("key_info", _WrapAlgorithm),
+        ("entity_u_info", core.OctetString, {"explicit": 0, "optional": True}),
+        ("supp_pub_info", core.OctetString, {"explicit": 2}),
+    ]
+
+
 @dataclass(frozen=True)
 class _Recipient:
-    """One KeyTransRecipientInfo, reduced to plain values."""
+    """One key for one recipient: a KeyTransRecipientInfo, or one RecipientEncryptedKey of a
+    KeyAgreeRecipientInfo (with what that info shares), reduced to plain values."""
 
+    method: str  # "ktri" | "kari"
     rid_kind: str  # "issuer-serial" | "ski"
     issuer: str | None  # asn1crypto's normalised ("hashable") form of the issuer name
     serial: int | None
     ski: bytes | None
     algorithm: object  # the asn1crypto KeyEncryptionAlgorithm, parsed when the recipient matches
     encrypted_key: bytes
+    originator: object = None  # kari: the asn1crypto OriginatorIdentifierOrKey
+    ukm: bytes | None = None  # kari: user keying material
 
 
 @dataclass(frozen=True)
@@ -139,8 +178,7 @@ def decrypt(cms: bytes, identities: Sequence[Identity]) -> tuple[bytes, Layer]:
     first_error: GatewayError | None = None
     for recipient, identity in candidates:
         try:
-            transport = _key_transport(recipient)
-            content = _open(envelope, recipient, identity, transport)
+            content, key_detail = _open(envelope, recipient, identity)
         except UnsupportedAlgorithm:
             raise
         except GatewayError as error:
@@ -148,13 +186,12 @@ def decrypt(cms: bytes, identities: Sequence[Identity]) -> tuple[bytes, Layer]:
             first_error = first_error or error
             continue
         detail = {
-            "key_transport": transport.name,
+            "key_transport": key_detail.pop("key_transport"),
             "content_encryption": envelope.content_algorithm,
             "recipient": recipient.rid_kind,
             "recipients": str(envelope.recipient_count),
+            **key_detail,
         }
-        if transport.oaep_hash is not None:
-            detail["oaep_hash"] = transport.oaep_hash
         return content, Layer(kind=envelope.kind, detail=detail)
     assert first_error is not None  # noqa: S101 - candidates was not empty
     raise first_error
@@ -181,7 +218,9 @@ def _parse(data: bytes) -> _Envelope:
             count += 1
             if info_choice.name == "ktri":
                 recipients.append(_parse_ktri(info_choice.chosen))
-            # kari / kekri / pwri / ori: not ours (the gateway holds RSA keys); skipped.
+            elif info_choice.name == "kari":
+                recipients.extend(_parse_kari(info_choice.chosen))
+            # kekri / pwri / ori: shared secrets the gateway never holds; skipped.
         if isinstance(body, asn1_cms.AuthEnvelopedData):
             kind: LayerKind = "auth-enveloped"
             eci = body["auth_encrypted_content_info"]
@@ -220,6 +259,7 @@ def _parse_ktri(ktri: asn1_cms.KeyTransRecipientInfo) -> _Recipient:
     algorithm = ktri["key_encryption_algorithm"]
     if rid.name == "issuer_and_serial_number":
         return _Recipient(
+            method="ktri",
             rid_kind="issuer-serial",
             issuer=rid.chosen["issuer"].hashable,
             serial=rid.chosen["serial_number"].native,
@@ -228,6 +268,7 @@ def _parse_ktri(ktri: asn1_cms.KeyTransRecipientInfo) -> _Recipient:
             encrypted_key=encrypted_key,
         )
     return _Recipient(
+        method="ktri",
         rid_kind="ski",
         issuer=None,
         serial=None,
@@ -235,6 +276,39 @@ def _parse_ktri(ktri: asn1_cms.KeyTransRecipientInfo) -> _Recipient:
         algorithm=algorithm,
         encrypted_key=encrypted_key,
     )
+
+
+def _parse_kari(kari: asn1_cms.KeyAgreeRecipientInfo) -> list[_Recipient]:
+    ukm = kari["ukm"].native
+    shared = {
+        "method": "kari",
+        "algorithm": kari["key_encryption_algorithm"],
+        "originator": kari["originator"],
+        "ukm": ukm,
+    }
+    recipients = []
+    for encrypted in kari["recipient_encrypted_keys"]:
+        rid = encrypted["rid"]
+        key = encrypted["encrypted_key"].native
+        if rid.name == "issuer_and_serial_number":
+            recipients.append(_Recipient(
+                rid_kind="issuer-serial",
+                issuer=rid.chosen["issuer"].hashable,
+                serial=rid.chosen["serial_number"].native,
+                ski=None,
+                encrypted_key=key,
+                **shared,
+            ))
+        else:
+            recipients.append(_Recipient(
+                rid_kind="ski",
+                issuer=None,
+                serial=None,
+                ski=rid.chosen["subject_key_identifier"].native,
+                encrypted_key=key,
+                **shared,
+            ))
+    return recipients
 
 
 def _content_parameters(
@@ -277,7 +351,8 @@ def _match(
     pairs: list[tuple[_Recipient, Identity]] = []
     for recipient in recipients:
         for (issuer, serial, skis), identity in keys:
-            if not isinstance(identity.private_key, rsa.RSAPrivateKey):
+            wanted = rsa.RSAPrivateKey if recipient.method == "ktri" else ec.EllipticCurvePrivateKey
+            if not isinstance(identity.private_key, wanted):
                 continue
             if recipient.rid_kind == "ski":
                 hit = recipient.ski in skis
@@ -327,11 +402,32 @@ def _key_transport(recipient: _Recipient) -> _KeyTransport:
 
 
 def _open(
-    envelope: _Envelope, recipient: _Recipient, identity: Identity, transport: _KeyTransport
-) -> bytes:
+    envelope: _Envelope, recipient: _Recipient, identity: Identity
+) -> tuple[bytes, dict[str, str]]:
+    """The content and what recovered its key (``key_transport`` and friends)."""
     key = identity.private_key
-    assert isinstance(key, rsa.RSAPrivateKey)  # noqa: S101 - _match keeps RSA identities only
     key_length = {**_CBC_KEY_LENGTHS, **_GCM_KEY_LENGTHS}[envelope.content_algorithm]
+    if isinstance(key, rsa.RSAPrivateKey):
+        cek, detail, opaque = _unwrap_ktri(recipient, key, key_length)
+    else:
+        cek, detail = _unwrap_kari(recipient, key, key_length)
+        opaque = False
+    content = _decrypt_content(envelope, cek)
+    if content is None:
+        if opaque:
+            raise NotForGateway(_OPAQUE_FAILURE)
+        raise MalformedError("CMS content did not decrypt or authenticate")
+    return content, detail
+
+
+def _unwrap_ktri(
+    recipient: _Recipient, key: rsa.RSAPrivateKey, key_length: int
+) -> tuple[bytes, dict[str, str], bool]:
+    """The content key, the detail, and whether failures must stay opaque (PKCS#1 v1.5)."""
+    transport = _key_transport(recipient)
+    detail = {"key_transport": transport.name}
+    if transport.oaep_hash is not None:
+        detail["oaep_hash"] = transport.oaep_hash
     opaque = transport.name == "rsaes_pkcs1v15"
     try:
         cek: bytes | None = key.decrypt(recipient.encrypted_key, transport.padding)
@@ -340,15 +436,71 @@ def _open(
     if cek is None or len(cek) != key_length:
         if not opaque:
             raise NotForGateway("RSA-OAEP key transport did not open with the gateway's key")
-        # Carry on with a random key (as RFC 3218 §2.3.2 advises): failure surfaces below,
+        # Carry on with a random key (as RFC 3218 §2.3.2 advises): failure surfaces later,
         # with the same reason and nearly the same work as a wrong content key.
         cek = os.urandom(key_length)
-    content = _decrypt_content(envelope, cek)
-    if content is None:
-        if opaque:
-            raise NotForGateway(_OPAQUE_FAILURE)
-        raise MalformedError("CMS content did not decrypt or authenticate")
-    return content
+    return cek, detail, opaque
+
+
+def _unwrap_kari(
+    recipient: _Recipient, key: ec.EllipticCurvePrivateKey, key_length: int
+) -> tuple[bytes, dict[str, str]]:
+    """RFC 5753 ephemeral-static ECDH: X9.63 KDF to a key-encryption key, AES key unwrap."""
+    with _parsing("key agreement"):
+        algorithm = recipient.algorithm
+        scheme = algorithm["algorithm"].dotted  # type: ignore[index]
+        if scheme not in _ECDH_SCHEMES:
+            raise UnsupportedAlgorithm(f"key agreement {scheme} refused")
+        wrap = asn1_cms.KeyEncryptionAlgorithm.load(
+            algorithm["parameters"].dump(), strict=True  # type: ignore[index]
+        )
+        wrap_name = wrap["algorithm"].native
+        wrap_oid = wrap["algorithm"].dotted
+        if wrap_name not in _KEY_WRAPS:
+            raise UnsupportedAlgorithm(f"key wrap {wrap_name} refused")
+        originator = recipient.originator
+        if originator.name != "originator_key":  # type: ignore[attr-defined]
+            raise UnsupportedAlgorithm("static-static key agreement refused")
+        info = originator.chosen  # type: ignore[attr-defined]
+        if info["algorithm"]["algorithm"].native != "ec":
+            raise UnsupportedAlgorithm("key agreement with a non-EC originator key refused")
+        point = info["public_key"].native
+        curve_name = info["algorithm"]["parameters"].chosen.native if (
+            info["algorithm"]["parameters"].native is not None
+        ) else None
+    if curve_name is not None and curve_name.lower() != key.curve.name.lower():
+        raise NotForGateway("key agreement originator key is on another curve")
+    try:
+        peer = ec.EllipticCurvePublicKey.from_encoded_point(key.curve, point)
+        shared_secret = key.exchange(ec.ECDH(), peer)
+    except ValueError:
+        raise MalformedError("key agreement originator key is not a valid point") from None
+    kek_length = _KEY_WRAPS[wrap_name]
+    hash_name = _ECDH_SCHEMES[scheme]
+    kek = X963KDF(
+        algorithm=_OAEP_HASHES[hash_name](),
+        length=kek_length,
+        sharedinfo=_shared_info(wrap_oid, recipient.ukm, kek_length),
+    ).derive(shared_secret)
+    try:
+        cek = aes_key_unwrap(kek, recipient.encrypted_key)
+    except (InvalidUnwrap, ValueError):
+        raise NotForGateway("key agreement did not open with the gateway's key") from None
+    if len(cek) != key_length:
+        raise NotForGateway("key agreement gave a key of the wrong length")
+    detail = {"key_transport": "ecdh", "kdf_hash": hash_name, "key_wrap": wrap_name}
+    return cek, detail
+
+
+def _shared_info(wrap_oid: str, ukm: bytes | None, kek_length: int) -> bytes:
+    fields: dict[str, object] = {
+        "key_info": {"algorithm": wrap_oid},
+        "supp_pub_info": (kek_length * 8).to_bytes(4, "big"),
+    }
+    if ukm is not None:
+        fields["entity_u_info"] = ukm
+    encoded: bytes = _EccCmsSharedInfo(fields).dump()
+    return encoded
 
 
 def _decrypt_content(envelope: _Envelope, cek: bytes) -> bytes | None:
@@ -382,8 +534,9 @@ def _decrypt_content(envelope: _Envelope, cek: bytes) -> bytes | None:
 def encrypt(content: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
     """Seal ``content`` (as-is, binary) for every recipient: DER ContentInfo EnvelopedData.
 
-    AES-256-CBC with a fresh key and IV; RSA PKCS#1 v1.5 key transport; recipients named by
-    issuer and serial number.
+    AES-256-CBC with a fresh key and IV; recipients named by issuer and serial number. RSA
+    recipients get RSA PKCS#1 v1.5 key transport; EC recipients get RFC 5753 ephemeral-static
+    ECDH (X9.63 KDF with SHA-256, AES-256 key wrap).
     """
     if not recipients:
         raise RecipientCertificateError("no recipient certificate to encrypt for")
@@ -401,19 +554,24 @@ def encrypt(content: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
             "issuer": asn1_x509.Name.load(cert.issuer.public_bytes()),
             "serial_number": cert.serial_number,
         })
-        recipient_infos.append(asn1_cms.RecipientInfo(
-            name="ktri",
-            value=asn1_cms.KeyTransRecipientInfo({
-                "version": "v0",
-                "rid": asn1_cms.RecipientIdentifier(
-                    name="issuer_and_serial_number", value=issuer_and_serial
-                ),
-                "key_encryption_algorithm": {"algorithm": "rsaes_pkcs1v15"},
-                "encrypted_key": public_key.encrypt(cek, asym_padding.PKCS1v15()),
-            }),
-        ))
+        if isinstance(public_key, rsa.RSAPublicKey):
+            recipient_infos.append(asn1_cms.RecipientInfo(
+                name="ktri",
+                value=asn1_cms.KeyTransRecipientInfo({
+                    "version": "v0",
+                    "rid": asn1_cms.RecipientIdentifier(
+                        name="issuer_and_serial_number", value=issuer_and_serial
+                    ),
+                    "key_encryption_algorithm": {"algorithm": "rsaes_pkcs1v15"},
+                    "encrypted_key": public_key.encrypt(cek, asym_padding.PKCS1v15()),
+                }),
+            ))
+        else:
+            recipient_infos.append(_kari_for(public_key, issuer_and_serial, cek))
+    # RFC 5652 §6.1: version 2 as soon as a recipient info is not version 0 (kari is v3).
+    version = "v0" if all(info.name == "ktri" for info in recipient_infos) else "v2"
     enveloped = asn1_cms.EnvelopedData({
-        "version": "v0",
+        "version": version,
         "recipient_infos": recipient_infos,
         "encrypted_content_info": {
             "content_type": "data",
@@ -429,14 +587,54 @@ def encrypt(content: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
     return der
 
 
-def _recipient_key(cert: x509.Certificate) -> rsa.RSAPublicKey:
+def _kari_for(
+    public_key: ec.EllipticCurvePublicKey,
+    issuer_and_serial: asn1_cms.IssuerAndSerialNumber,
+    cek: bytes,
+) -> asn1_cms.RecipientInfo:
+    """A KeyAgreeRecipientInfo with a fresh ephemeral key for one EC recipient."""
+    ephemeral = ec.generate_private_key(public_key.curve)
+    shared_secret = ephemeral.exchange(ec.ECDH(), public_key)
+    wrap_oid = "2.16.840.1.101.3.4.1.45"  # id-aes256-wrap
+    kek = X963KDF(
+        algorithm=hashes.SHA256(), length=32, sharedinfo=_shared_info(wrap_oid, None, 32)
+    ).derive(shared_secret)
+    point = ephemeral.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    return asn1_cms.RecipientInfo(
+        name="kari",
+        value=asn1_cms.KeyAgreeRecipientInfo({
+            "version": "v3",
+            "originator": asn1_cms.OriginatorIdentifierOrKey(
+                name="originator_key",
+                # RFC 5753 §3.1.1: id-ecPublicKey with absent parameters.
+                value={"algorithm": {"algorithm": "ec"}, "public_key": point},
+            ),
+            "key_encryption_algorithm": {
+                "algorithm": _ECDH_SEAL_SCHEME,
+                "parameters": _WrapAlgorithm({"algorithm": wrap_oid}),
+            },
+            "recipient_encrypted_keys": [{
+                "rid": asn1_cms.KeyAgreementRecipientIdentifier(
+                    name="issuer_and_serial_number", value=issuer_and_serial
+                ),
+                "encrypted_key": aes_key_wrap(kek, cek),
+            }],
+        }),
+    )
+
+
+def _recipient_key(cert: x509.Certificate) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
     public_key = cert.public_key()
-    if not isinstance(public_key, rsa.RSAPublicKey):
-        raise RecipientCertificateError("recipient certificate has no RSA key (only RSA is sealed)")
+    if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise RecipientCertificateError("recipient certificate has neither an RSA nor an EC key")
     try:
         usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         return public_key
-    if not usage.key_encipherment:
+    if isinstance(public_key, rsa.RSAPublicKey) and not usage.key_encipherment:
         raise RecipientCertificateError("recipient certificate key usage forbids key encipherment")
+    if isinstance(public_key, ec.EllipticCurvePublicKey) and not usage.key_agreement:
+        raise RecipientCertificateError("recipient certificate key usage forbids key agreement")
     return public_key

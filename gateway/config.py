@@ -840,9 +840,11 @@ def _network(c: _Checker, name: str, table: Mapping[str, Any]) -> NetworkConfig:
     relay_ca = c.path(table, "relay_ca", p)
     c.certificates(f"{p}.relay_ca", relay_ca)
 
-    charset = c.string(table, "charset", p, DEFAULT_CHARSETS[name])
+    # Kept as written (lower-cased): it becomes a MIME charset label, so the codec's own
+    # name ("iso8859-1") would not do; it only has to be a charset Python can encode.
+    charset = c.string(table, "charset", p, DEFAULT_CHARSETS[name]).lower()
     try:
-        charset = codecs.lookup(charset).name
+        codecs.lookup(charset)
     except LookupError:
         c.problem(f"{p}.charset", "unknown charset")
     utf8 = []

@@ -128,7 +128,7 @@ def test_devpki_config_loads_with_no_problem(pki: Path) -> None:
     assert (api.name, mss.name) == ("apicrypt", "mssante")
     assert config.other("apicrypt") == "mssante" and config.other("mssante") == "apicrypt"
     assert api.domains == ("*.apicrypt.org",) and mss.domains == ("*.mssante.fr",)
-    assert api.charset == "iso8859-1" and mss.charset == "utf-8"
+    assert api.charset == "iso-8859-1" and mss.charset == "utf-8"
     assert api.listen_address == ("127.0.0.1", 2525)
     assert mss.relay_address == ("127.0.0.1", 2588)
     assert mss.intermediates and mss.intermediates[0].name == "intermediate.pem"
@@ -310,7 +310,7 @@ def test_encrypted_key_and_bad_pem(tmp_path: Path, base: dict[str, Any], pki: Pa
     key = serialization.load_pem_private_key(
         (pki.parent / "apicrypt" / "gateway.key").read_bytes(), None)
     encrypted = tmp_path / "enc.key"
-    encrypted.write_bytes(key.private_bytes(  # type: ignore[union-attr]
+    encrypted.write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(b"secret-passphrase")))
     encrypted.chmod(0o600)

@@ -584,12 +584,16 @@ class _Checker:
         except ValueError:
             self.problem(key, f"not an RSA or EC private key in PEM: {path}")
             return None
+        self.secret_mode(key, path)
+        return private
+
+    def secret_mode(self, key: str, path: Path) -> None:
+        """Warn when a file holding a secret can be read by others than its owner."""
         try:
             if path.stat().st_mode & 0o077:
                 self.warn(key, f"{path} is readable by group or others (chmod 600)")
         except OSError:
-            pass
-        return private
+            pass  # an unreadable file is reported where it is read
 
     def crl(self, key: str, path: Path) -> None:
         if not path.is_file():
@@ -646,7 +650,9 @@ _IMAP_KEYS = ("host", "port", "user", "password_file", "mailbox", "processing_fo
 
 def _gateway(c: _Checker, data: Mapping[str, Any]) -> GatewaySettings:
     p = "gateway"
-    table = c.table(data, "gateway", p, required=True) or {}
+    table = c.table(data, "gateway", p, required=True)
+    if table is None:
+        return GatewaySettings(hostname="")  # reported; the config will not be used
     c.unknown_keys(table, _GATEWAY_KEYS, p)
     hostname = c.string(table, "hostname", p, required=True)
     if hostname:
@@ -660,6 +666,7 @@ def _gateway(c: _Checker, data: Mapping[str, Any]) -> GatewaySettings:
         content = c.read(f"{p}.pseudonym_key_file", key_file)
         if content is not None and len(content.strip()) < 16:
             c.problem(f"{p}.pseudonym_key_file", "key too short (at least 16 bytes)")
+        c.secret_mode(f"{p}.pseudonym_key_file", key_file)
     log_format = c.string(table, "log_format", p, "json")
     if log_format not in LOG_FORMATS:
         c.problem(f"{p}.log_format", "must be \"json\" or \"console\"")
@@ -738,6 +745,7 @@ def _imap(c: _Checker, net: Mapping[str, Any], prefix: str) -> ImapConfig | None
     password_file = c.path(table, "password_file", p, required=True)
     if password_file is not None and password_file.is_file():
         c.read(f"{p}.password_file", password_file)
+        c.secret_mode(f"{p}.password_file", password_file)
     tls_ca = c.path(table, "tls_ca", p)
     c.certificates(f"{p}.tls_ca", tls_ca)
     client_cert = c.path(table, "client_cert", p)

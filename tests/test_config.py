@@ -228,11 +228,14 @@ def test_missing_keys_and_wrong_types(tmp_path: Path, base: dict[str, Any]) -> N
 
 def test_missing_network_and_sections(tmp_path: Path, base: dict[str, Any]) -> None:
     del base["networks"]["mssante"]
+    del base["gateway"]
     base["address_book"] = base["address_book"][:1]
     base["surprise"] = {"x": 1}
     problems = problems_of(write(tmp_path, base))
     assert has(problems, "networks.mssante", "missing required table")
     assert has(problems, "surprise", "unknown key")
+    assert has(problems, "gateway", "missing required table")
+    assert not has(problems, "gateway.hostname", "")  # not repeated for a missing table
 
 
 def test_toml_syntax_error_reports_the_line(tmp_path: Path) -> None:
@@ -358,6 +361,7 @@ def test_listen_or_imap(tmp_path: Path, base: dict[str, Any]) -> None:
 
     secret = tmp_path / "imap.pw"
     secret.write_text("hunter2\n")
+    secret.chmod(0o640)
     api["imap"] = {"host": "imap.medical59.apicrypt.org", "user": "passerelle",
                    "password_file": "imap.pw", "poll_seconds": 5}
     config = load_config(write(tmp_path, base))
@@ -366,6 +370,8 @@ def test_listen_or_imap(tmp_path: Path, base: dict[str, Any]) -> None:
     assert imap.password_file == secret and imap.port == 993 and imap.poll_seconds == 5.0
     assert imap.mailbox == "INBOX" and imap.processing_folder == "Passerelle/Processing"
     assert imap.rejected_folder == "Passerelle/Rejected" and imap.lease_seconds == 600.0
+    assert any("imap.password_file" in w and "chmod 600" in w for w in config.warnings)
+    assert not any("hunter2" in w for w in config.warnings)
 
     api["imap"] = {"host": "imap.example.org", "user": "u", "password_file": "nope.pw",
                    "port": 0, "mailbox": "INBOX", "processing_folder": "INBOX",

@@ -1,0 +1,190 @@
+"""Delivery to the next hop: one SMTP transaction over mandatory STARTTLS, its verdict a Reply.
+
+Rule kept here: the verdict of the next hop becomes the reply to our own sender, and nothing is
+ever sent in clear or half-sent. Hence:
+
+* STARTTLS is mandatory: it is issued explicitly right after the greeting (so that the name
+  to verify can differ from the host connected to), its failure ends the transaction, and the
+  transport is checked to be encrypted again before ``MAIL``. A hop that does not offer it, or
+  whose certificate does not verify, gets nothing; we answer 451.
+* All or nothing: ``MAIL`` and every ``RCPT`` are sent first; if any recipient is refused the
+  transaction is reset before ``DATA``. Our sender already had ``250`` for each ``RCPT`` and gets
+  one reply for the whole message at ``DATA``, so a partial delivery could not be told apart
+  from a full one: any ``5xx`` refusal is mirrored for the whole message (the sender bounces it,
+  nothing is lost silently), otherwise any ``4xx`` gives ``451`` (the sender retries all).
+* Downstream ``4xx``, timeouts, refused connections, TLS failures, disconnections: ``451 4.4.x``.
+  Downstream ``5xx``: the same code and enhanced status, text ``Next hop refused: ...`` made
+  ASCII, without addresses (the sender knows only the alias) and at most 200 characters.
+* ``deliver`` never raises; the cause goes to the log (types and codes only, never content).
+
+The message bytes go through ``SMTP.data`` unchanged except what SMTP itself imposes: line
+endings become CRLF and leading dots are doubled. Content should already be CRLF.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiosmtplib
+import structlog
+
+from gateway.errors import DOWNSTREAM_DEFERRED, LOCAL_ERROR, OK, Reply
+
+log = structlog.get_logger("gateway.smtp_out")
+
+NEXT_HOP_UNREACHABLE = Reply(451, "4.4.1", "Next hop not reachable, try again later")
+NEXT_HOP_TIMEOUT = Reply(451, "4.4.2", "Next hop timed out or disconnected, try again later")
+NEXT_HOP_NO_TLS = Reply(451, "4.7.5", "Next hop TLS failed or not offered, try again later")
+NEXT_HOP_DEFERRED = DOWNSTREAM_DEFERRED  # the next hop answered 4xx
+
+MAX_MIRRORED_TEXT = 200
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
+_ADDRESS = re.compile(r"<[^<>]*>|[^\s<>]+@[^\s<>]+")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
+
+
+@dataclass(frozen=True)
+class NextHop:
+    """Where mail for one network goes: host, port, TLS context (verifies the hop), bounds."""
+
+    host: str
+    port: int
+    ssl_context: ssl.SSLContext
+    timeout_seconds: float = 60.0  # for the whole transaction, connection to final reply
+    local_hostname: str | None = None  # our EHLO name
+    tls_server_name: str | None = None  # the name to verify, if not ``host``
+
+
+def _sanitise(text: str) -> str:
+    """Their text, safe to put in our reply: ASCII, one line, no addresses, bounded."""
+    text = _ADDRESS.sub("<address>", text)
+    text = _UNPRINTABLE.sub(" ", text)
+    text = " ".join(text.split())
+    return text[:MAX_MIRRORED_TEXT].rstrip()
+
+
+def _split_status(code: int, message: str) -> tuple[str | None, str]:
+    match = _ENHANCED.match(message.strip())
+    if match and match.group(1) == str(code)[0]:
+        return match.group(0).strip(), message.strip()[match.end():]
+    return None, message
+
+
+def mirror(code: int, message: str) -> Reply:
+    """Our reply for a refusal of the next hop: 5xx mirrored, anything else 451."""
+    if 500 <= code <= 599:
+        status, text = _split_status(code, message)
+        return Reply(code, status or "5.0.0", f"Next hop refused: {_sanitise(text)}".rstrip())
+    return NEXT_HOP_DEFERRED
+
+
+def _accepted(message: str) -> Reply:
+    """250 with the next hop's own words (its queue id), never content."""
+    _, text = _split_status(250, message)
+    said = _sanitise(text)[:100]
+    return Reply(OK.code, OK.status, f"{OK.text} ({said})" if said else OK.text)
+
+
+def _body_options(smtp: aiosmtplib.SMTP, raw: bytes) -> list[str]:
+    options = []
+    if smtp.supports_extension("size"):
+        options.append(f"SIZE={len(raw)}")
+    if not raw.isascii() and smtp.supports_extension("8bitmime"):
+        options.append("BODY=8BITMIME")
+    return options
+
+
+async def _transaction(hop: NextHop, mail_from: str, rcpts: Sequence[str], raw: bytes,
+                       smtp: aiosmtplib.SMTP) -> tuple[Reply, str]:
+    """One transaction; returns the reply and a short cause for the log."""
+    await smtp.connect()
+    # Mandatory: ``starttls`` raises if the hop does not offer it or the handshake fails.
+    await smtp.starttls(server_hostname=hop.tls_server_name or hop.host,
+                        tls_context=hop.ssl_context)
+    # Belt and braces: never let a MAIL go out on a connection that is not encrypted.
+    if smtp.get_transport_info("sslcontext") is None:
+        return NEXT_HOP_NO_TLS, "not encrypted after STARTTLS"
+    await smtp.ehlo()
+    try:
+        await smtp.mail(mail_from, options=_body_options(smtp, raw))
+    except aiosmtplib.SMTPSenderRefused as exc:
+        return mirror(exc.code, exc.message), f"MAIL refused {exc.code}"
+    refusals: list[tuple[int, str]] = []
+    for rcpt in rcpts:
+        try:
+            await smtp.rcpt(rcpt)
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            refusals.append((exc.code, exc.message))
+    if refusals:
+        with contextlib.suppress(aiosmtplib.SMTPException):
+            await smtp.rset()
+        permanent = [r for r in refusals if 500 <= r[0] <= 599]
+        code, message = permanent[0] if permanent else refusals[0]
+        return mirror(code, message), f"{len(refusals)} RCPT refused, first {code}"
+    try:
+        response = await smtp.data(raw)
+    except aiosmtplib.SMTPDataError as exc:
+        return mirror(exc.code, exc.message), f"DATA refused {exc.code}"
+    return _accepted(response.message), "accepted"
+
+
+def _failure(exc: BaseException) -> tuple[Reply, str]:
+    """Map a failure of the connection or of the protocol to a 4xx (or a mirrored 5xx)."""
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return NEXT_HOP_NO_TLS, "TLS handshake failed"
+    if isinstance(exc, aiosmtplib.SMTPConnectTimeoutError | aiosmtplib.SMTPTimeoutError
+                  | TimeoutError):
+        return NEXT_HOP_TIMEOUT, "timeout"
+    if isinstance(exc, aiosmtplib.SMTPConnectResponseError):  # greeting 4xx/5xx
+        return (mirror(exc.code, exc.message) if exc.code >= 500 else NEXT_HOP_DEFERRED,
+                f"greeting {exc.code}")
+    if isinstance(exc, aiosmtplib.SMTPConnectError):
+        return NEXT_HOP_UNREACHABLE, "connection failed"
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected | ConnectionError):
+        return NEXT_HOP_TIMEOUT, "disconnected"
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        # EHLO or STARTTLS refused: a TLS problem from our point of view, always transient.
+        return NEXT_HOP_NO_TLS, f"command refused {exc.code}"
+    if isinstance(exc, aiosmtplib.SMTPException):  # STARTTLS not offered, among others
+        return NEXT_HOP_NO_TLS, "STARTTLS unavailable"
+    if isinstance(exc, OSError):
+        return NEXT_HOP_UNREACHABLE, "connection failed"
+    return LOCAL_ERROR, "unexpected error"
+
+
+async def deliver(hop: NextHop, mail_from: str, rcpts: Sequence[str], raw: bytes) -> Reply:
+    """Send ``raw`` to ``rcpts`` through ``hop``; the reply to give our own sender. Never raises.
+    """
+    if not rcpts:
+        return LOCAL_ERROR
+    started = time.perf_counter()
+    smtp = aiosmtplib.SMTP(hostname=hop.host, port=hop.port, timeout=hop.timeout_seconds,
+                           local_hostname=hop.local_hostname, start_tls=False,
+                           tls_context=hop.ssl_context)
+    try:
+        async with asyncio.timeout(hop.timeout_seconds):
+            reply, cause = await _transaction(hop, mail_from, rcpts, raw, smtp)
+    except asyncio.CancelledError:
+        smtp.close()
+        raise
+    except Exception as exc:  # the verdict is a reply; the cause goes to the log
+        reply, cause = _failure(exc)
+        log.info("deliver.failed", host=hop.host, port=hop.port, error=type(exc).__name__,
+                 cause=cause, reply=reply.code)
+    finally:
+        if smtp.is_connected:
+            try:
+                async with asyncio.timeout(min(5.0, hop.timeout_seconds)):
+                    await smtp.quit()
+            except Exception:  # QUIT is a courtesy; the verdict is already known
+                smtp.close()
+    log.info("deliver.result", host=hop.host, port=hop.port, reply=reply.code,
+             status=reply.status, cause=cause, recipients=len(rcpts), size=len(raw),
+             duration_ms=round((time.perf_counter() - started) * 1000, 1))
+    return reply

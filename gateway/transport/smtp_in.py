@@ -1,0 +1,465 @@
+"""The SMTP listener of one network: aiosmtpd on the application's event loop, kept thin.
+
+Rule kept here: the listener decides nothing about mail; it enforces the session's bounds and
+asks injected policy callables (``check_sender``, ``route_recipient``, ``process``) for every
+verdict, and every reply it sends is a named ``Reply`` (here or in ``gateway.errors``) or a
+``GatewayError.reply`` -- never a library default that leaks internals, never ``250`` before
+``process`` (which relays downstream) answered ``250`` (DESIGN §2: before-queue proxy).
+
+Bounds (DESIGN §2.5): STARTTLS before ``MAIL``; optional mutual TLS (a missing or untrusted
+client certificate gets ``554 5.7.1`` to every command but QUIT, RFC 3207 §4.1); ``SIZE``;
+recipients per message; sessions in all and per client IP (the extra connection is greeted
+with ``421 4.7.0`` and closed); messages per minute per sender (``451 4.7.0`` at ``MAIL``);
+command timeout; a time budget for ``process`` (``451`` when it runs out).
+
+SMTP smuggling and bare line ends: aiosmtpd ≥ 1.4.5 ends DATA only on ``CRLF.CRLF``, so a
+``LF.LF`` or ``CR.CR`` cannot end a message early; the bytes stay *inside* the content, where
+this listener refuses any bare CR or LF (RFC 5321 §2.3.8; Postfix ``smtpd_forbid_bare_newline``)
+and any NUL (RFC 5321 §4.5.2 / RFC 6152: not in 8BITMIME text) with ``550 5.5.2``/``550 5.6.0``.
+A smuggled second message is therefore never seen as one, and the session stays in step.
+
+aiosmtpd's own replies carry no enhanced status code and some are vague ("500 Error: strict
+ASCII mode" for an 8-bit ``RCPT``); ``_LIBRARY_REPLIES`` translates those to named replies.
+Logs carry pseudonymised addresses only (``ListenerSettings.pseudonymise``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, AnyStr
+
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope, syntax
+
+from gateway.errors import (
+    DOWNSTREAM_DEFERRED,
+    LOCAL_ERROR,
+    MESSAGE_TOO_BIG,
+    RATE_LIMITED,
+    TOO_MANY_RECIPIENTS,
+    GatewayError,
+    Reply,
+)
+from gateway.obs import new_trace_id
+
+log = structlog.get_logger("gateway.smtp_in")
+
+# Replies of the listener itself (the lead may move them to errors.py).
+BARE_NEWLINE = Reply(550, "5.5.2", "Bare CR or LF not allowed")
+NUL_NOT_ALLOWED = Reply(550, "5.6.0", "NUL character not allowed in message")
+TOO_MANY_SESSIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+STARTTLS_REQUIRED = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+CLIENT_CERT_REFUSED = Reply(554, "5.7.1", "Client certificate required or not trusted")
+NON_ASCII_COMMAND = Reply(553, "5.6.7", "Non-ASCII address or argument without SMTPUTF8")
+COMMAND_TOO_LONG = Reply(500, "5.5.2", "Command line too long")
+TEXT_LINE_TOO_LONG = Reply(500, "5.5.2", "Message line too long (RFC 5321 4.5.3.1.6)")
+MALFORMED_ADDRESS = Reply(553, "5.1.3", "Malformed address")
+SENDER_OK = Reply(250, "2.1.0", "Sender OK")
+RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
+TIMEOUT_CLOSING = Reply(421, "4.4.2", "Timeout, closing connection")
+
+# aiosmtpd's own reply strings -> ours (exact matches; anything else goes out as aiosmtpd
+# wrote it: syntax help and sequence errors, which carry nothing internal).
+_LIBRARY_REPLIES: dict[str, Reply] = {
+    "500 Error: strict ASCII mode": NON_ASCII_COMMAND,
+    "500 Command line too long": COMMAND_TOO_LONG,
+    "500 Line too long (see RFC5321 4.5.3.1.6)": TEXT_LINE_TOO_LONG,
+    "552 Error: Too much mail data": MESSAGE_TOO_BIG,
+    "552 Error: message size exceeds fixed maximum message size": MESSAGE_TOO_BIG,
+    "530 Must issue a STARTTLS command first": STARTTLS_REQUIRED,
+    "554 Command refused due to lack of security": CLIENT_CERT_REFUSED,
+    "553 5.1.3 Error: malformed address": MALFORMED_ADDRESS,
+}
+
+_BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_PRINTABLE_REPLY = re.compile(r"[2-5]\d\d [2-5]\.\d{1,3}\.\d{1,3} [\x20-\x7e]{1,400}")
+
+
+def keyed_pseudonym(key: bytes) -> Callable[[str], str]:
+    """A pseudonymiser: keyed BLAKE2b of the lower-cased address, 16 hex characters."""
+
+    def pseudonymise(address: str) -> str:
+        digest = hashlib.blake2b(address.strip().lower().encode("utf-8", "surrogateescape"),
+                                 key=key[:64], digest_size=8)
+        return digest.hexdigest()
+
+    return pseudonymise
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    """One listener: where it listens, who it is, and its bounds."""
+
+    network: str
+    host: str
+    port: int  # 0: any free port (tests)
+    hostname: str  # EHLO / banner name
+    ssl_context: Any  # ssl.SSLContext (server side, see gateway.transport.tls)
+    require_client_cert: bool = False
+    peer_cert_ok: Callable[[bytes], bool] | None = None  # DER of the client certificate
+    max_message_bytes: int = 26_214_400
+    max_recipients: int = 50
+    command_timeout: float = 60.0
+    data_budget: float = 120.0  # seconds for ``process`` (translate + deliver)
+    data_transfer_timeout: float = 600.0  # seconds for the client to send the content
+    max_sessions: int = 100
+    max_sessions_per_ip: int = 20
+    rate_limit_per_minute: int = 120  # MAIL commands per sender; 0 turns the limit off
+    pseudonym_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    pseudonymise: Callable[[str], str] | None = None  # default: keyed_pseudonym(pseudonym_key)
+    clock: Callable[[], float] = time.monotonic
+
+    def pseudo(self, address: str) -> str:
+        return (self.pseudonymise or keyed_pseudonym(self.pseudonym_key))(address)
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """One message as received: what ``process`` gets."""
+
+    network: str  # the network it entered from
+    mail_from: str  # as received
+    rcpt_tos: tuple[str, ...]  # as received
+    routed_rcpts: tuple[str, ...]  # destination addresses (route_recipient), no duplicates
+    content: bytes
+    peer: str  # client IP
+    tls_peer_cert: bytes | None  # DER of the client certificate, if any
+    trace_id: str
+
+
+CheckSender = Callable[[str], object]  # raises GatewayError; its result is ignored
+RouteRecipient = Callable[[str], str]  # raises GatewayError
+Process = Callable[[InboundMessage], Awaitable[Reply]]
+
+
+class _RateLimiter:
+    """At most ``limit`` events per key in any 60 s window; bounded memory."""
+
+    WINDOW = 60.0
+    MAX_KEYS = 10_000
+
+    def __init__(self, limit: int, clock: Callable[[], float]) -> None:
+        self.limit = limit
+        self.clock = clock
+        self.events: collections.OrderedDict[str, collections.deque[float]] = (
+            collections.OrderedDict())
+
+    def allow(self, key: str) -> bool:
+        if self.limit <= 0:
+            return True
+        now = self.clock()
+        events = self.events.pop(key, None) or collections.deque()
+        while events and now - events[0] >= self.WINDOW:
+            events.popleft()
+        allowed = len(events) < self.limit
+        if allowed:
+            events.append(now)
+        self.events[key] = events  # most recent last
+        while len(self.events) > self.MAX_KEYS:
+            self.events.popitem(last=False)
+        return allowed
+
+
+class _ListenerState:
+    """Shared by the sessions of one listener: counters and the rate limiter."""
+
+    def __init__(self, settings: ListenerSettings) -> None:
+        self.settings = settings
+        self.sessions = 0
+        self.per_ip: collections.Counter[str] = collections.Counter()
+        self.rate = _RateLimiter(settings.rate_limit_per_minute, settings.clock)
+
+    def admit(self, ip: str) -> bool:
+        s = self.settings
+        if self.sessions >= s.max_sessions or self.per_ip[ip] >= s.max_sessions_per_ip:
+            return False
+        self.sessions += 1
+        self.per_ip[ip] += 1
+        return True
+
+    def release(self, ip: str) -> None:
+        self.sessions -= 1
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
+
+
+class _Envelope(Envelope):
+    def __init__(self) -> None:
+        super().__init__()
+        self.routed: list[str] = []
+
+
+def _render(reply: object) -> str:
+    """A reply as a wire line; anything not a well-formed reply becomes LOCAL_ERROR."""
+    if isinstance(reply, Reply):
+        line = str(reply)
+        if _PRINTABLE_REPLY.fullmatch(line):
+            return line
+    return str(LOCAL_ERROR)
+
+
+def _peer_ip(peer: object) -> str:
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer)
+
+
+def _peer_certificate(session: Any) -> bytes | None:
+    info = getattr(session, "ssl", None) or {}
+    ssl_object = info.get("ssl_object") if isinstance(info, dict) else None
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return bytes(der) if der else None
+
+
+class _Handler:
+    """The aiosmtpd handler: thin calls into the policy, replies from named constants."""
+
+    def __init__(self, settings: ListenerSettings, state: _ListenerState,
+                 check_sender: CheckSender, route_recipient: RouteRecipient,
+                 process: Process) -> None:
+        self.settings = settings
+        self.state = state
+        self.check_sender = check_sender
+        self.route_recipient = route_recipient
+        self.process = process
+        self.log = log.bind(network=settings.network)
+
+    # aiosmtpd >= 1.4 "new style" EHLO hook: we set host_name and add our extensions.
+    async def handle_EHLO(self, server: SMTP, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    def handle_STARTTLS(self, server: SMTP, session: Any, envelope: Any) -> bool:
+        der = _peer_certificate(session)
+        if der is None:
+            ok = not self.settings.require_client_cert
+        elif self.settings.peer_cert_ok is None:
+            ok = True  # the handshake verified it against the client CAs
+        else:
+            try:
+                ok = bool(self.settings.peer_cert_ok(der))
+            except Exception:  # a checker failure is a refusal, never a pass
+                ok = False
+        if not ok:
+            self.log.warning("tls.client_refused", peer=_peer_ip(session.peer),
+                             presented=der is not None)
+        return ok
+
+    async def handle_MAIL(self, server: SMTP, session: Any, envelope: Any, address: str,
+                          mail_options: list[str]) -> str:
+        try:
+            checked = self.check_sender(address)
+        except GatewayError as exc:
+            self._refused("MAIL", exc.code, exc.reply, session, sender=address)
+            return _render(exc.reply)
+        key = checked if isinstance(checked, str) and checked else address.lower()
+        if not self.state.rate.allow(key):
+            self._refused("MAIL", "RateLimited", RATE_LIMITED, session, sender=address)
+            return _render(RATE_LIMITED)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return _render(SENDER_OK)
+
+    async def handle_RCPT(self, server: SMTP, session: Any, envelope: _Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.settings.max_recipients:
+            self._refused("RCPT", "TooManyRecipients", TOO_MANY_RECIPIENTS, session)
+            return _render(TOO_MANY_RECIPIENTS)
+        try:
+            routed = self.route_recipient(address)
+        except GatewayError as exc:
+            self._refused("RCPT", exc.code, exc.reply, session, recipient=address)
+            return _render(exc.reply)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        if routed not in envelope.routed:
+            envelope.routed.append(routed)
+        return _render(RECIPIENT_OK)
+
+    async def handle_DATA(self, server: _Session, session: Any, envelope: _Envelope) -> str:
+        raw = envelope.content or b""
+        content = raw if isinstance(raw, bytes) else bytes(raw, "utf-8", "surrogateescape")
+        mail_from = envelope.mail_from or ""
+        trace_id = new_trace_id()
+        bound = self.log.bind(trace=trace_id, peer=_peer_ip(session.peer))
+        if b"\0" in content:
+            bound.warning("mail.refused", stage="DATA", error="NulCharacter", reply=550)
+            return _render(NUL_NOT_ALLOWED)
+        if _BARE_CR_OR_LF.search(content):
+            bound.warning("mail.refused", stage="DATA", error="BareNewline", reply=550)
+            return _render(BARE_NEWLINE)
+        message = InboundMessage(
+            network=self.settings.network, mail_from=mail_from,
+            rcpt_tos=tuple(envelope.rcpt_tos), routed_rcpts=tuple(envelope.routed),
+            content=content, peer=_peer_ip(session.peer),
+            tls_peer_cert=_peer_certificate(session), trace_id=trace_id)
+        budget = self.settings.data_budget
+        # aiosmtpd's idle timer is not reset while the handler runs: leave room for the
+        # budget, the reply, and the client's next command.
+        server._reset_timeout(budget + self.settings.command_timeout)
+        started = time.perf_counter()
+        bound.info("message.received", size=len(content), recipients=len(message.rcpt_tos),
+                   sender=self.settings.pseudo(mail_from))
+        try:
+            reply = await asyncio.wait_for(self.process(message), timeout=budget)
+        except TimeoutError:
+            bound.warning("message.budget_exceeded", budget_s=budget)
+            reply = DOWNSTREAM_DEFERRED
+        except GatewayError as exc:
+            reply = exc.reply
+        except Exception as exc:  # unexpected: 451, the type only in the log
+            bound.error("message.process_failed", error=type(exc).__name__)
+            reply = LOCAL_ERROR
+        if not isinstance(reply, Reply):  # a broken ``process``: fail closed
+            bound.error("message.bad_reply", error=type(reply).__name__)  # type: ignore[unreachable]
+            reply = LOCAL_ERROR
+        bound.info("message.answered", reply=reply.code, status=reply.status,
+                   duration_ms=round((time.perf_counter() - started) * 1000, 1))
+        server._messages += 1
+        return _render(reply)
+
+    async def handle_exception(self, error: Exception) -> str:
+        self.log.error("session.exception", error=type(error).__name__)
+        return _render(LOCAL_ERROR)
+
+    def _refused(self, stage: str, code: str, reply: Reply, session: Any, *,
+                 sender: str | None = None, recipient: str | None = None) -> None:
+        fields: dict[str, object] = {}
+        if sender is not None:
+            fields["sender"] = self.settings.pseudo(sender)
+        if recipient is not None:
+            fields["recipient"] = self.settings.pseudo(recipient)
+        self.log.info("mail.refused", stage=stage, error=code, reply=reply.code,
+                      status=reply.status, peer=_peer_ip(session.peer), **fields)
+
+
+class _Session(SMTP):
+    """aiosmtpd's SMTP protocol with the listener's bounds and reply translation."""
+
+    def __init__(self, handler: _Handler, state: _ListenerState,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        s = state.settings
+        super().__init__(
+            handler,
+            hostname=s.hostname,
+            ident="ESMTP",  # no software name or version in the banner
+            tls_context=s.ssl_context,
+            require_starttls=True,
+            data_size_limit=s.max_message_bytes,
+            enable_SMTPUTF8=False,
+            decode_data=False,
+            timeout=s.command_timeout,
+            loop=loop,
+        )
+        self._state = state
+        self._admitted = False
+        self._refused_session = False
+        self._ip = ""
+        self._opened = 0.0
+        self._messages = 0
+
+    def _create_envelope(self) -> _Envelope:
+        return _Envelope()
+
+    def connection_made(self, transport: Any) -> None:
+        if self.transport is None and self._original_transport is None:  # not the TLS upgrade
+            self._ip = _peer_ip(transport.get_extra_info("peername"))
+            self._opened = time.perf_counter()
+            self._admitted = self._state.admit(self._ip)
+            self._refused_session = not self._admitted
+            if self._admitted:
+                log.info("session.open", network=self._state.settings.network, peer=self._ip)
+            else:
+                log.warning("session.refused", network=self._state.settings.network,
+                            peer=self._ip, sessions=self._state.sessions)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._admitted:
+            self._admitted = False
+            self._state.release(self._ip)
+            log.info("session.close", network=self._state.settings.network, peer=self._ip,
+                     messages=self._messages,
+                     duration_ms=round((time.perf_counter() - self._opened) * 1000, 1))
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if self._refused_session:
+            await self.push(str(TOO_MANY_SESSIONS))
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
+
+    def _timeout_cb(self) -> None:
+        # Say why before closing (RFC 5321 §4.5.3.2: 421 on timeout).
+        transport: Any = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(str(TIMEOUT_CLOSING).encode("ascii") + b"\r\n")
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str):
+            mapped = _LIBRARY_REPLIES.get(status)
+            await super().push(str(mapped) if mapped is not None else status)
+        else:
+            await super().push(status)
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        # aiosmtpd answers a null sender with a syntax error; the envelope policy decides.
+        if (arg is not None and self.session is not None and self.session.host_name
+                and self.envelope is not None and not self.envelope.mail_from
+                and re.fullmatch(r"(?i)FROM:\s*<>(\s.*)?", arg.strip())):
+            status = await self._call_handler_hook("MAIL", "", [])
+            await self.push(status)
+            return
+        await super().smtp_MAIL(arg)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str | None) -> None:
+        # The command timer also bounds the transfer of the content: give it its own bound.
+        self._reset_timeout(self._state.settings.data_transfer_timeout)
+        await super().smtp_DATA(arg)
+
+
+def protocol_factory(settings: ListenerSettings, *, check_sender: CheckSender,
+                     route_recipient: RouteRecipient, process: Process,
+                     loop: asyncio.AbstractEventLoop) -> Callable[[], SMTP]:
+    """The protocol factory for ``loop.create_server`` (one state shared by its sessions)."""
+    state = _ListenerState(settings)
+    handler = _Handler(settings, state, check_sender, route_recipient, process)
+    return lambda: _Session(handler, state, loop)
+
+
+async def start_listener(settings: ListenerSettings, *, check_sender: CheckSender,
+                         route_recipient: RouteRecipient, process: Process,
+                         ) -> asyncio.AbstractServer:
+    """Listen on ``settings.host:port`` on the running loop; close the server to stop."""
+    # aiosmtpd logs every command line (clear addresses) at INFO: never below WARNING.
+    library_log = logging.getLogger("mail.log")
+    if library_log.getEffectiveLevel() < logging.WARNING:
+        library_log.setLevel(logging.WARNING)
+    loop = asyncio.get_running_loop()
+    factory = protocol_factory(settings, check_sender=check_sender,
+                               route_recipient=route_recipient, process=process, loop=loop)
+    return await loop.create_server(factory, host=settings.host, port=settings.port)
+
+
+__all__ = [
+    "BARE_NEWLINE", "CLIENT_CERT_REFUSED", "NON_ASCII_COMMAND", "NUL_NOT_ALLOWED",
+    "STARTTLS_REQUIRED", "TOO_MANY_SESSIONS", "InboundMessage", "ListenerSettings",
+    "keyed_pseudonym", "protocol_factory", "start_listener",
+]

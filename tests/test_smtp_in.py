@@ -1,0 +1,411 @@
+"""The SMTP listener: bounds, envelope policy calls, replies, mutual TLS, a real client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import shutil
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import pytest
+
+from gateway import errors
+from gateway.errors import Reply
+from gateway.translate import routing
+from gateway.transport import smtp_in, tls
+from gateway.transport.smtp_in import InboundMessage, ListenerSettings, start_listener
+from tests.test_smtp_out import TlsFiles, make_tls_files
+
+SENDER = "jean.dupont@medical59.apicrypt.org"
+RCPT = "marie.curie=hopital-test.mssante.fr@passerelle.apicrypt.org"
+ROUTED = "marie.curie@hopital-test.mssante.fr"
+BODY = (b"From: jean.dupont@medical59.apicrypt.org\r\nSubject: test\r\n\r\n"
+        b"line 1\r\n.leading dot\r\n\xe9t\xe9 8-bit\r\n")
+
+TABLE = routing.build_table(
+    {"apicrypt": ["*.apicrypt.org"], "mssante": ["*.mssante.fr"]},
+    {"apicrypt": "passerelle.apicrypt.org", "mssante": "passerelle.mssante.fr"},
+)
+
+
+@pytest.fixture(scope="session")
+def tls_in(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls-in"))
+
+
+@dataclass
+class Recorder:
+    """A ``process`` that records what it is given and answers a configurable reply."""
+
+    reply: Reply = errors.OK
+    raises: BaseException | None = None
+    delay: float = 0.0
+    messages: list[InboundMessage] = field(default_factory=list)
+
+    async def __call__(self, message: InboundMessage) -> Reply:
+        self.messages.append(message)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.raises is not None:
+            raise self.raises
+        return self.reply
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def settings_for(files: TlsFiles, **overrides: Any) -> ListenerSettings:
+    base = ListenerSettings(
+        network="apicrypt", host="127.0.0.1", port=0, hostname="gw.example",
+        ssl_context=tls.server_context(files.cert, files.key, client_ca=files.ca),
+        max_message_bytes=100_000, max_recipients=3, command_timeout=10, data_budget=5,
+        max_sessions=10, max_sessions_per_ip=5, rate_limit_per_minute=100,
+        pseudonym_key=b"k" * 32,
+    )
+    return replace(base, **overrides)
+
+
+@contextlib.asynccontextmanager
+async def listener(settings: ListenerSettings, process: Callable[[InboundMessage],
+                                                                 Awaitable[Reply]],
+                   ) -> AsyncIterator[int]:
+    server = await start_listener(
+        settings,
+        check_sender=functools.partial(routing.check_sender, TABLE, settings.network),
+        route_recipient=functools.partial(routing.route_recipient, TABLE, settings.network),
+        process=process,
+    )
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+
+
+def client_tls(files: TlsFiles, *, with_cert: bool = False,
+               rogue: bool = False) -> ssl.SSLContext:
+    if rogue:
+        return tls.client_context(ca_files=[files.ca], client_cert=files.rogue_client_cert,
+                                  client_key=files.rogue_client_key)
+    if with_cert:
+        return tls.client_context(ca_files=[files.ca], client_cert=files.client_cert,
+                                  client_key=files.client_key)
+    return tls.client_context(ca_files=[files.ca])
+
+
+async def connect(port: int, files: TlsFiles, *, starttls: bool = True,
+                  context: ssl.SSLContext | None = None) -> aiosmtplib.SMTP:
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=10,
+                           local_hostname="client.example")
+    await smtp.connect()
+    if starttls:
+        await smtp.starttls(server_hostname="localhost",
+                            tls_context=context or client_tls(files))
+    return smtp
+
+
+async def code_of(coro: Awaitable[Any]) -> tuple[int, str]:
+    try:
+        response = await coro
+    except aiosmtplib.SMTPResponseException as exc:
+        return exc.code, exc.message
+    return response.code, response.message
+
+
+# --- tests ------------------------------------------------------------------------------------
+
+
+async def test_relays_and_passes_the_envelope(tls_in: TlsFiles) -> None:
+    rec = Recorder()
+    async with listener(settings_for(tls_in), rec) as port:
+        smtp = await connect(port, tls_in, context=client_tls(tls_in, with_cert=True))
+        await smtp.ehlo()
+        assert smtp.supports_extension("size")
+        assert smtp.esmtp_extensions["size"] == "100000"
+        assert smtp.supports_extension("enhancedstatuscodes")
+        assert not smtp.supports_extension("starttls")  # already in TLS
+        assert await code_of(smtp.mail(SENDER)) == (250, "2.1.0 Sender OK")
+        assert (await code_of(smtp.rcpt(RCPT.upper())))[0] == 250
+        assert (await code_of(smtp.rcpt(RCPT)))[0] == 250  # same destination twice
+        code, text = await code_of(smtp.data(BODY))
+        await smtp.quit()
+    assert (code, text) == (250, "2.0.0 OK: relayed")
+    [message] = rec.messages
+    assert message.network == "apicrypt"
+    assert message.mail_from == SENDER
+    assert message.rcpt_tos == (RCPT.upper(), RCPT)
+    assert message.routed_rcpts == (ROUTED,)
+    assert message.content == BODY
+    assert message.peer == "127.0.0.1"
+    assert message.tls_peer_cert is not None and len(message.trace_id) == 16
+
+
+async def test_starttls_required_before_mail(tls_in: TlsFiles) -> None:
+    rec = Recorder()
+    async with listener(settings_for(tls_in), rec) as port:
+        smtp = await connect(port, tls_in, starttls=False)
+        await smtp.ehlo()
+        assert smtp.supports_extension("starttls")
+        code, text = await code_of(smtp.mail(SENDER))
+        smtp.close()
+    assert (code, text) == (530, "5.7.0 Must issue a STARTTLS command first")
+    assert rec.messages == []
+
+
+async def test_too_many_recipients(tls_in: TlsFiles) -> None:
+    async with listener(settings_for(tls_in, max_recipients=2), Recorder()) as port:
+        smtp = await connect(port, tls_in)
+        await smtp.mail(SENDER)
+        await smtp.rcpt(RCPT)
+        await smtp.rcpt("x=hopital-test.mssante.fr@passerelle.apicrypt.org")
+        code, text = await code_of(smtp.rcpt("y=hopital-test.mssante.fr@passerelle.apicrypt.org"))
+        smtp.close()
+    assert f"{code} {text}" == str(errors.TOO_MANY_RECIPIENTS)
+
+
+@pytest.mark.parametrize("rcpt", [
+    "someone@medical59.apicrypt.org", ROUTED, "user%relay@passerelle.apicrypt.org",
+    "x=example.com@passerelle.apicrypt.org",
+])
+async def test_unroutable_recipient_is_refused(tls_in: TlsFiles, rcpt: str) -> None:
+    async with listener(settings_for(tls_in), Recorder()) as port:
+        smtp = await connect(port, tls_in)
+        await smtp.mail(SENDER)
+        code, text = await code_of(smtp.rcpt(rcpt))
+        smtp.close()
+    assert code in (550, 553)
+    assert text.startswith(("5.7.1", "5.1.3"))
+
+
+async def test_sender_from_the_wrong_network(tls_in: TlsFiles) -> None:
+    async with listener(settings_for(tls_in), Recorder()) as port:
+        smtp = await connect(port, tls_in)
+        code, text = await code_of(smtp.mail(ROUTED))
+        null_code, null_text = await code_of(smtp.execute_command(b"MAIL", b"FROM:<>"))
+        smtp.close()
+    assert f"{code} {text}" == str(errors.SENDER_NOT_ALLOWED)
+    assert f"{null_code} {null_text}" == str(routing.NULL_SENDER_REFUSED)
+
+
+async def _send(port: int, files: TlsFiles, body: bytes = BODY) -> tuple[int, str]:
+    smtp = await connect(port, files)
+    await smtp.mail(SENDER)
+    await smtp.rcpt(RCPT)
+    result = await code_of(smtp.data(body))
+    smtp.close()
+    return result
+
+
+async def test_process_verdict_is_the_answer(tls_in: TlsFiles) -> None:
+    rec = Recorder(reply=errors.DOWNSTREAM_DEFERRED)
+    async with listener(settings_for(tls_in), rec) as port:
+        assert await _send(port, tls_in) == (451, "4.4.0 Next hop unavailable, try again later")
+        rec.reply = Reply(554, "5.7.1", "Next hop refused: policy")
+        assert await _send(port, tls_in) == (554, "5.7.1 Next hop refused: policy")
+        rec.reply, rec.raises = errors.OK, errors.SignatureError("bad")
+        assert await _send(port, tls_in) == (550, "5.7.7 Signature could not be verified")
+        rec.raises = None
+        rec.reply = "250 not a Reply"  # type: ignore[assignment]
+        assert (await _send(port, tls_in))[0] == 451
+
+
+async def test_process_raising_is_451_without_internals(tls_in: TlsFiles) -> None:
+    rec = Recorder(raises=RuntimeError("secret internals /etc/key.pem"))
+    async with listener(settings_for(tls_in), rec) as port:
+        code, text = await _send(port, tls_in)
+    assert f"{code} {text}" == str(errors.LOCAL_ERROR)
+    assert "secret" not in text and "RuntimeError" not in text
+
+
+async def test_data_budget_exceeded_is_451(tls_in: TlsFiles) -> None:
+    rec = Recorder(delay=30)
+    async with listener(settings_for(tls_in, data_budget=0.3), rec) as port:
+        code, text = await asyncio.wait_for(_send(port, tls_in), timeout=10)
+    assert f"{code} {text}" == str(errors.DOWNSTREAM_DEFERRED)
+
+
+async def test_message_too_big(tls_in: TlsFiles) -> None:
+    rec = Recorder()
+    async with listener(settings_for(tls_in, max_message_bytes=1000), rec) as port:
+        smtp = await connect(port, tls_in)
+        await smtp.ehlo()
+        size = await code_of(smtp.execute_command(b"MAIL", f"FROM:<{SENDER}>".encode(),
+                                                  b"SIZE=5000"))
+        await smtp.mail(SENDER)
+        await smtp.rcpt(RCPT)
+        code, text = await code_of(smtp.data(b"Subject: x\r\n\r\n" + b"x" * 900 + b"\r\n"
+                                             + b"y" * 900 + b"\r\n"))
+        smtp.close()
+    assert f"{size[0]} {size[1]}" == str(errors.MESSAGE_TOO_BIG)
+    assert f"{code} {text}" == str(errors.MESSAGE_TOO_BIG)
+    assert rec.messages == []
+
+
+async def test_per_ip_session_limit(tls_in: TlsFiles) -> None:
+    async with listener(settings_for(tls_in, max_sessions_per_ip=1), Recorder()) as port:
+        first = await connect(port, tls_in)
+        with pytest.raises(aiosmtplib.SMTPConnectResponseError) as info:
+            await connect(port, tls_in, starttls=False)
+        assert (info.value.code, info.value.message) == (421, "4.7.0 Too many connections, "
+                                                              "try again later")
+        first.close()
+        await asyncio.sleep(0.05)
+        again = await connect(port, tls_in)  # the slot is free again
+        assert (await code_of(again.noop()))[0] == 250
+        again.close()
+
+
+async def test_total_session_limit(tls_in: TlsFiles) -> None:
+    async with listener(settings_for(tls_in, max_sessions=2), Recorder()) as port:
+        a = await connect(port, tls_in, starttls=False)
+        b = await connect(port, tls_in, starttls=False)
+        with pytest.raises(aiosmtplib.SMTPConnectResponseError) as info:
+            await connect(port, tls_in, starttls=False)
+        assert info.value.code == 421
+        a.close()
+        b.close()
+
+
+async def test_rate_limit_per_sender(tls_in: TlsFiles) -> None:
+    clock = Clock()
+    settings = settings_for(tls_in, rate_limit_per_minute=2, clock=clock)
+    async with listener(settings, Recorder()) as port:
+        smtp = await connect(port, tls_in)
+        for _ in range(2):
+            assert (await code_of(smtp.mail(SENDER)))[0] == 250
+            await smtp.rset()
+        code, text = await code_of(smtp.mail(SENDER.upper()))
+        assert f"{code} {text}" == str(errors.RATE_LIMITED)
+        other = "paul@medical59.apicrypt.org"
+        assert (await code_of(smtp.mail(other)))[0] == 250  # per sender
+        await smtp.rset()
+        clock.now += 61
+        assert (await code_of(smtp.mail(SENDER)))[0] == 250  # the window moved
+        smtp.close()
+
+
+async def test_mutual_tls_required(tls_in: TlsFiles) -> None:
+    seen: list[bytes] = []
+
+    def peer_ok(der: bytes) -> bool:
+        seen.append(der)
+        return tls.peer_certificate_trusted(der, Store(tls_in))
+
+    settings = settings_for(tls_in, require_client_cert=True, peer_cert_ok=peer_ok)
+    rec = Recorder()
+    async with listener(settings, rec) as port:
+        # No client certificate: the session is refused at every command but QUIT.
+        smtp = await connect(port, tls_in)
+        code, text = await code_of(smtp.mail(SENDER))
+        assert f"{code} {text}" == str(smtp_in.CLIENT_CERT_REFUSED)
+        smtp.close()
+        # A certificate of another CA: the handshake itself fails.
+        with pytest.raises((aiosmtplib.SMTPException, ssl.SSLError, ConnectionError)):
+            smtp = await connect(port, tls_in, context=client_tls(tls_in, rogue=True))
+            await smtp.mail(SENDER)
+        # A trusted certificate: accepted, and checked by the callback.
+        assert await _send_with_cert(port, tls_in) == (250, "2.0.0 OK: relayed")
+    assert len(seen) == 1 and len(rec.messages) == 1
+    assert rec.messages[0].tls_peer_cert == seen[0]
+
+
+async def test_peer_check_refusal(tls_in: TlsFiles) -> None:
+    settings = settings_for(tls_in, require_client_cert=True, peer_cert_ok=lambda der: False)
+    async with listener(settings, Recorder()) as port:
+        smtp = await connect(port, tls_in, context=client_tls(tls_in, with_cert=True))
+        code, _ = await code_of(smtp.mail(SENDER))
+        smtp.close()
+    assert code == 554
+
+
+async def _send_with_cert(port: int, files: TlsFiles) -> tuple[int, str]:
+    smtp = await connect(port, files, context=client_tls(files, with_cert=True))
+    await smtp.mail(SENDER)
+    await smtp.rcpt(RCPT)
+    result = await code_of(smtp.data(BODY))
+    smtp.close()
+    return result
+
+
+@dataclass
+class Store:
+    files: TlsFiles
+
+    @property
+    def anchors(self) -> tuple[Any, ...]:
+        return self.files.anchors
+
+    @property
+    def intermediates(self) -> tuple[Any, ...]:
+        return ()
+
+
+def test_peer_certificate_trusted(tls_in: TlsFiles) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    good = x509.load_pem_x509_certificate(tls_in.client_cert.read_bytes())
+    rogue = x509.load_pem_x509_certificate(tls_in.rogue_client_cert.read_bytes())
+    der = good.public_bytes(serialization.Encoding.DER)
+    assert tls.peer_certificate_trusted(der, Store(tls_in))
+    assert not tls.peer_certificate_trusted(rogue.public_bytes(serialization.Encoding.DER),
+                                            Store(tls_in))
+    assert not tls.peer_certificate_trusted(b"not a certificate", Store(tls_in))
+
+
+def test_pseudonym_is_keyed_and_stable() -> None:
+    a = smtp_in.keyed_pseudonym(b"a" * 32)
+    b = smtp_in.keyed_pseudonym(b"b" * 32)
+    assert a(SENDER) == a(SENDER.upper()) and len(a(SENDER)) == 16
+    assert a(SENDER) != b(SENDER) and SENDER not in a(SENDER)
+
+
+async def test_logs_carry_no_clear_address(tls_in: TlsFiles) -> None:
+    import structlog.testing
+
+    with structlog.testing.capture_logs() as logs:
+        async with listener(settings_for(tls_in), Recorder()) as port:
+            smtp = await connect(port, tls_in)
+            await code_of(smtp.mail("stranger@example.com"))
+            await smtp.mail(SENDER)
+            await code_of(smtp.rcpt("victim@medical59.apicrypt.org"))
+            smtp.close()
+            await asyncio.sleep(0.05)
+    text = repr(logs)
+    assert "mail.refused" in text and "session.open" in text
+    for clear in ("stranger", "victim", "jean.dupont"):
+        assert clear not in text
+
+
+async def test_swaks_sends_one_message(tls_in: TlsFiles, tmp_path: Path) -> None:
+    swaks = shutil.which("swaks")
+    if swaks is None:
+        pytest.skip("swaks not installed")
+    rec = Recorder()
+    data = tmp_path / "message.eml"
+    # swaks ends the data with its own CRLF before the final dot: give it none.
+    sent = BODY.replace(b"\xe9", b"e")
+    data.write_bytes(sent.removesuffix(b"\r\n"))
+    async with listener(settings_for(tls_in), rec) as port:
+        proc = await asyncio.create_subprocess_exec(
+            swaks, "--server", f"127.0.0.1:{port}", "--tls", "--from", SENDER, "--to", RCPT,
+            "--helo", "client.example", "--data", f"@{data}", "--timeout", "10",
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+    transcript = out.decode("utf-8", "replace")
+    assert proc.returncode == 0, transcript
+    assert "<~  250 2.0.0 OK: relayed" in transcript
+    [message] = rec.messages
+    assert message.content == sent  # exactly, the leading dot un-stuffed
+    assert message.routed_rcpts == (ROUTED,)

@@ -78,13 +78,14 @@ def settings_for(files: TlsFiles, **overrides: Any) -> ListenerSettings:
 
 
 @contextlib.asynccontextmanager
-async def listener(settings: ListenerSettings, process: Callable[[InboundMessage],
-                                                                 Awaitable[Reply]],
-                   ) -> AsyncIterator[int]:
+async def listener(settings: ListenerSettings,
+                   process: Callable[[InboundMessage], Awaitable[Reply]],
+                   route: Callable[[str], str] | None = None) -> AsyncIterator[int]:
     server = await start_listener(
         settings,
         check_sender=functools.partial(routing.check_sender, TABLE, settings.network),
-        route_recipient=functools.partial(routing.route_recipient, TABLE, settings.network),
+        route_recipient=route or functools.partial(routing.route_recipient, TABLE,
+                                                   settings.network),
         process=process,
     )
     try:
@@ -409,3 +410,26 @@ async def test_swaks_sends_one_message(tls_in: TlsFiles, tmp_path: Path) -> None
     [message] = rec.messages
     assert message.content == sent  # exactly, the leading dot un-stuffed
     assert message.routed_rcpts == (ROUTED,)
+
+
+async def test_policy_crash_is_451_without_internals(tls_in: TlsFiles) -> None:
+    def broken_route(address: str) -> str:
+        raise KeyError("internal table /etc/secret")
+
+    async with listener(settings_for(tls_in), Recorder(), route=broken_route) as port:
+        smtp = await connect(port, tls_in)
+        await smtp.mail(SENDER)
+        code, text = await code_of(smtp.rcpt(RCPT))
+        assert (await code_of(smtp.noop()))[0] == 250  # the session survives
+        smtp.close()
+    assert f"{code} {text}" == str(errors.LOCAL_ERROR)
+
+
+async def test_idle_client_gets_421_and_is_closed(tls_in: TlsFiles) -> None:
+    async with listener(settings_for(tls_in, command_timeout=0.3), Recorder()) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        banner = await reader.readline()
+        assert banner == b"220 gw.example ESMTP\r\n"  # no software name or version
+        rest = await asyncio.wait_for(reader.read(), timeout=5)
+        writer.close()
+    assert rest == str(smtp_in.TIMEOUT_CLOSING).encode() + b"\r\n"

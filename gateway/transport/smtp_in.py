@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, AnyStr
 
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope, syntax
+from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException, syntax
 
 from gateway.errors import (
     DOWNSTREAM_DEFERRED,
@@ -331,7 +331,10 @@ class _Handler:
         return _render(reply)
 
     async def handle_exception(self, error: Exception) -> str:
-        self.log.error("session.exception", error=type(error).__name__)
+        if isinstance(error, TLSSetupException):  # e.g. an untrusted client certificate
+            self.log.warning("tls.handshake_failed", error=type(error.__cause__).__name__)
+        else:  # a policy callable failed unexpectedly: 451, the type only in the log
+            self.log.error("session.exception", error=type(error).__name__)
         return _render(LOCAL_ERROR)
 
     def _refused(self, stage: str, code: str, reply: Reply, session: Any, *,

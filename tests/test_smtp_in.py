@@ -433,3 +433,18 @@ async def test_idle_client_gets_421_and_is_closed(tls_in: TlsFiles) -> None:
         rest = await asyncio.wait_for(reader.read(), timeout=5)
         writer.close()
     assert rest == str(smtp_in.TIMEOUT_CLOSING).encode() + b"\r\n"
+
+
+def test_peer_certificate_revoked_by_crl() -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from gateway.smime import certgen
+    from gateway.smime.trust import TrustStore
+
+    ca = certgen.make_ca("Client CA", key_kind="p256")
+    client = certgen.make_leaf(ca, "client", key_usage="tls", key_kind="p256")
+    der = client.certificate.public_bytes(serialization.Encoding.DER)
+    assert tls.peer_certificate_trusted(der, TrustStore(anchors=(ca.certificate,)))
+    crl = certgen.make_crl(ca, [client.certificate.serial_number])
+    assert not tls.peer_certificate_trusted(
+        der, TrustStore(anchors=(ca.certificate,), crls=(crl,)))

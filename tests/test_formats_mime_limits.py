@@ -3,6 +3,7 @@ scan counts is what ``email`` builds (differential test against the real parser)
 
 from __future__ import annotations
 
+import contextlib
 import email
 from email import policy
 from email.message import Message
@@ -69,7 +70,8 @@ def test_ten_thousand_parts_refused() -> None:
 
 def test_deep_nesting_refused() -> None:
     raw = b"".join(
-        b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i) for i in range(2000)
+        b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i)
+        for i in range(2000)
     )
     with pytest.raises(LimitExceeded, match="too deep"):
         check_limits(raw)
@@ -240,19 +242,15 @@ def test_scan_counts_what_email_builds(lines: list[bytes], seps: list[bytes]) ->
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=2000))
 def test_any_bytes_give_none_or_gateway_error(raw: bytes) -> None:
-    try:
+    with contextlib.suppress(GatewayError):
         check_limits(raw)
-    except GatewayError:
-        pass
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=500))
 def test_parse_message_never_raises_foreign_errors(raw: bytes) -> None:
-    try:
+    with contextlib.suppress(GatewayError):
         parse_message(b"Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\n" + raw)
-    except GatewayError:
-        pass
 
 
 def test_close_delimiter_swallowed_after_separator_cannot_hide_parts() -> None:

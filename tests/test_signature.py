@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 from asn1crypto import cms as asn1_cms
+from asn1crypto import core
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -281,6 +283,36 @@ def test_sign_verify_round_trip(pki: Pki, content: bytes, detached: bool) -> Non
     verified = verify(der, pki.store, NOW, detached_content=content if detached else None)
     assert verified.content == content
     assert verified.signer.certificate == pki.ec.cert
+
+
+def _tlv(tag: int, body: bytes) -> bytes:
+    size = len(body)
+    if size < 0x80:
+        return bytes([tag, size]) + body
+    raw = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(raw)]) + raw + body
+
+
+def test_undecodable_extra_signed_attribute_is_tolerated(pki: Pki) -> None:
+    # Outlook adds encrypKeyPref as [0] IMPLICIT IssuerAndSerialNumber, which asn1crypto's
+    # definition does not accept: it is signed like the rest and must not break verification.
+    der = sign(CONTENT, pki.alice.identity, extra_certs=[pki.inter.cert])
+    info = asn1_cms.ContentInfo.load(der)
+    signer_info = info["content"]["signer_infos"][0]
+    sid = signer_info["sid"].chosen
+    oid = core.ObjectIdentifier("1.2.840.113549.1.9.16.2.11").dump()
+    odd = _tlv(0x30, oid + _tlv(0x31, _tlv(0xA0, sid["issuer"].dump()
+                                               + sid["serial_number"].dump())))
+    members = sorted([a.dump() for a in signer_info["signed_attrs"]] + [odd])
+    attrs_set = _tlv(0x31, b"".join(members))
+    key = pki.alice.issued.key
+    assert isinstance(key, rsa.RSAPrivateKey)
+    signer_info["signed_attrs"] = asn1_cms.CMSAttributes.load(attrs_set)
+    signer_info["signature"] = key.sign(attrs_set, padding.PKCS1v15(), hashes.SHA256())
+    mutated = info.dump()
+    assert verify(mutated, pki.store, NOW, detached_content=CONTENT).content == CONTENT
+    with pytest.raises(BadSignature):
+        verify(mutated, pki.store, NOW, detached_content=CONTENT + b"x")
 
 
 # --- refusals --------------------------------------------------------------------------------

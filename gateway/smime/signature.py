@@ -55,6 +55,7 @@ _OID_DATA = "1.2.840.113549.1.7.1"
 _OID_CONTENT_TYPE = "1.2.840.113549.1.9.3"
 _OID_MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
 _OID_SIGNING_TIME = "1.2.840.113549.1.9.5"
+_DECODED_ATTRS = frozenset({_OID_CONTENT_TYPE, _OID_MESSAGE_DIGEST, _OID_SIGNING_TIME})
 
 # Digest allow-list: OID -> (hashlib name, cryptography hash).
 _DIGESTS: dict[str, tuple[str, type[hashes.HashAlgorithm]]] = {
@@ -196,7 +197,9 @@ def _parse(data: bytes) -> _Signed:
             if choice.name != "certificate":
                 continue  # attribute certificates and other formats say nothing about signers
             parsed = choice.chosen
-            certificates.append((parsed, x509.load_der_x509_certificate(parsed.dump(force=True))))
+            # The bytes as received: a certificate that is not DER is malformed (its
+            # signature covers its DER encoding), and re-encoding costs more than the rest.
+            certificates.append((parsed, x509.load_der_x509_certificate(parsed.dump())))
     with _parsing("SignerInfo"):
         signer = _parse_signer_info(signer_infos[0])
     return _Signed(content_type, econtent, certificates, signer)
@@ -231,8 +234,11 @@ def _parse_signer_info(si: asn1_cms.SignerInfo) -> _SignerInfo:
     if not isinstance(raw_attrs, core.Void):  # Void: the optional field is absent
         signed_attrs = []
         for attribute in raw_attrs:
-            values = attribute["values"]
-            signed_attrs.append((attribute["type"].dotted, [v.native for v in values]))
+            oid = attribute["type"].dotted
+            # Only the attributes we rely on are decoded: others (Outlook's encryption key
+            # preferences...) may not match asn1crypto's definitions, and are signed bytes anyway.
+            values = [v.native for v in attribute["values"]] if oid in _DECODED_ATTRS else []
+            signed_attrs.append((oid, values))
         signed_attrs_der = _attrs_as_set(raw_attrs)
 
     return _SignerInfo(
@@ -334,7 +340,10 @@ def _find_signer_cert(
         for parsed, cert in certificates:
             if info.issuer_serial is not None:
                 issuer, serial = info.issuer_serial
-                if parsed.serial_number == serial and parsed.issuer == issuer:
+                # Serial first (cheap); the issuer as bytes, then by RFC 5280 name matching.
+                if parsed.serial_number == serial and (
+                    parsed.issuer.dump() == issuer.dump() or parsed.issuer == issuer
+                ):
                     return cert
             elif info.key_identifier is not None and parsed.key_identifier == info.key_identifier:
                 return cert

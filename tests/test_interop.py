@@ -176,6 +176,20 @@ def test_peer_signs_gateway_verifies(pki: Pki, peer: Peer, detached: bool) -> No
     assert pki.peer_ca.certificate in verified.signer.chain  # embedded by the peer
     assert verified.signer.digest_algorithm == "sha256"
     assert address(peer.name) in verified.signer.addresses
+    assert verified.signer.signing_time is not None  # every peer adds signingTime
+
+
+@pytest.mark.parametrize("detached", [True, False], ids=["detached", "opaque"])
+def test_peer_signed_binary_content_kept_byte_for_byte(
+    pki: Pki, peer: Peer, detached: bool
+) -> None:
+    # Bare LF, lone CR, NUL, trailing spaces, no final newline: no tool may canonicalise them.
+    content = CONTENT + b"ligne LF\nCR seul\r fin \x00\xff  "
+    signature = pytest.importorskip("gateway.smime.signature")
+    der = peer.sign(content, detached)
+    verified = signature.verify(der, _store(pki), _now(),
+                                detached_content=content if detached else None)
+    assert verified.content == content
 
 
 def test_peer_detached_signature_over_other_content_refused(pki: Pki, peer: Peer) -> None:

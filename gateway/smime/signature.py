@@ -11,9 +11,12 @@ Rules kept here:
   for the one signer that verifies over content another one did not sign (Johnny c2/c3).
 * Detached and opaque are never mixed: eContent together with a detached content is refused
   ("eContent confusion", Johnny c1), so the content we return is always what was signed.
+* The encapsulated content type is id-data (a MIME entity); anything else is ``MalformedError``.
 * Signed attributes, when present, bind the content: content-type equals eContentType,
   message-digest equals the digest of the content (constant-time compare), and the signature
   covers the DER of the attributes as a SET. Without them the signature covers the content.
+  Only those attributes (and signing-time) are decoded: others are covered by the signature but
+  may not match asn1crypto's definitions (Outlook's encrypKeyPref does not).
 * Algorithm allow-list: digests SHA-256/384/512; RSA PKCS#1 v1.5, RSASSA-PSS and ECDSA over
   those. SHA-1, MD5 and anything unknown is ``WeakAlgorithm``.
 * The signer is then validated by ``TrustStore.validate(..., "sign")`` as of the given time.
@@ -307,7 +310,9 @@ def _check_signed_attrs(
         return None
     found: dict[str, list[object]] = {}
     for oid, values in info.signed_attrs:
-        if oid in found:
+        if oid not in _DECODED_ATTRS:
+            continue
+        if oid in found:  # RFC 5652 §11: these appear once, with one value
             raise MalformedError("a signed attribute appears twice")
         found[oid] = values
     kinds = found.get(_OID_CONTENT_TYPE)

@@ -1,0 +1,179 @@
+"""The command line: run, demo, translate, inspect, pki init, check-config (DESIGN §5).
+
+Rule kept here: the CLI parses arguments, calls one function, prints its result and maps
+failures to exit codes — 0 success, 1 the message would be refused, 2 configuration or usage
+error. Heavy imports happen inside each command so that ``gateway --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_CONFIG = 2
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from gateway.errors import ConfigError
+
+    try:
+        config = load_config(Path(args.file))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return EXIT_CONFIG
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{args.file}: OK")
+    return EXIT_OK
+
+
+def _cmd_pki_init(args: argparse.Namespace) -> int:
+    from gateway.devpki import init_pki, pki_summary
+
+    target = Path(args.dir)
+    try:
+        config_path = init_pki(target, hostname=args.hostname, force=args.force)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(pki_summary(target))
+    print(f"\nconfiguration written to {config_path}")
+    print(f"next: gateway check-config {config_path}")
+    return EXIT_OK
+
+
+def _load(config_file: str) -> tuple[object, object] | int:
+    from gateway.config import load_config
+    from gateway.errors import ConfigError
+    from gateway.translate.context import build_runtime
+
+    try:
+        config = load_config(Path(config_file))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    return config, build_runtime(config)
+
+
+def _read_message(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    return Path(path).read_bytes()
+
+
+def _cmd_translate(args: argparse.Namespace) -> int:
+    from gateway.errors import GatewayError
+    from gateway.translate.offline import translate_file
+
+    loaded = _load(args.config)
+    if isinstance(loaded, int):
+        return loaded
+    config, runtime = loaded
+    try:
+        raw = _read_message(args.message)
+    except OSError as exc:
+        print(f"error: cannot read {args.message}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        result = translate_file(config, runtime, raw, source=args.source,  # type: ignore[arg-type]
+                                recipients=args.rcpt or None)
+    except GatewayError as exc:
+        print(f"refused: {exc.reply} ({exc.code}: {exc.reason})", file=sys.stderr)
+        return EXIT_REFUSED
+    sys.stdout.buffer.write(result.raw)
+    sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from gateway.translate.offline import inspect_message
+
+    loaded = _load(args.config)
+    if isinstance(loaded, int):
+        return loaded
+    config, runtime = loaded
+    try:
+        raw = _read_message(args.message)
+    except OSError as exc:
+        print(f"error: cannot read {args.message}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    report = inspect_message(config, runtime, raw, source=args.source)  # type: ignore[arg-type]
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    return EXIT_OK if report.get("relayable") else EXIT_REFUSED
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from gateway.app import run
+
+    return run(Path(args.config))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import demo
+
+    return demo()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="Passerelle: S/MIME gateway between the apicrypt and mssante networks.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT")
+    p.add_argument("--config", required=True, metavar="FILE")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("demo", help="self-contained demonstration on loopback")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("translate", help="run the pipeline offline; the result goes to stdout")
+    p.add_argument("--config", required=True, metavar="FILE")
+    p.add_argument("--from", dest="source", required=True, choices=("apicrypt", "mssante"),
+                   help="the network the message comes from")
+    p.add_argument("--rcpt", action="append", metavar="ADDRESS",
+                   help="envelope recipient (default: the To/Cc addresses of the message)")
+    p.add_argument("message", metavar="IN.eml", help="the message file, or - for stdin")
+    p.set_defaults(func=_cmd_translate)
+
+    p = sub.add_parser("inspect", help="JSON report of a message's security layers")
+    p.add_argument("--config", required=True, metavar="FILE")
+    p.add_argument("--from", dest="source", choices=("apicrypt", "mssante"), default=None,
+                   help="the network the message comes from (default: from its From domain)")
+    p.add_argument("message", metavar="MSG.eml", help="the message file, or - for stdin")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("pki", help="development PKI")
+    pki = p.add_subparsers(dest="pki_command", required=True, metavar="ACTION")
+    q = pki.add_parser("init", help="write a development PKI and a ready config into DIR")
+    q.add_argument("dir", metavar="DIR")
+    q.add_argument("--hostname", default="passerelle.localhost")
+    q.add_argument("--force", action="store_true", help="overwrite a non-empty DIR")
+    q.set_defaults(func=_cmd_pki_init)
+
+    p = sub.add_parser("check-config", help="validate a configuration and the files it names")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(func=_cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

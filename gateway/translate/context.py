@@ -1,0 +1,57 @@
+"""The loaded runtime: configuration turned into identities, trust stores, directories, routes.
+
+Rule kept here: this is the only place that reads the certificate and key files named by the
+configuration for the message path; everything below it receives loaded objects. A reload
+builds a whole new ``Runtime`` and swaps it in one assignment, so a message never sees half of
+an old and half of a new configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.config import Config, NetworkConfig, load_identity, read_certificates, read_crls
+from gateway.smime.directory import FolderDirectory
+from gateway.smime.trust import TrustStore
+from gateway.translate.pipeline import NetworkRuntime
+from gateway.translate.routing import RoutingTable, routing_from_config
+
+NETWORKS = ("apicrypt", "mssante")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    networks: dict[str, NetworkRuntime]
+    routing: RoutingTable
+
+    def network(self, name: str) -> NetworkRuntime:
+        return self.networks[name]
+
+
+def other(name: str) -> str:
+    return "mssante" if name == "apicrypt" else "apicrypt"
+
+
+def _network_runtime(net: NetworkConfig) -> NetworkRuntime:
+    anchors = tuple(c for path in net.trust_anchors for c in read_certificates(path))
+    intermediates = tuple(c for path in net.intermediates for c in read_certificates(path))
+    crls = tuple(read_crls(net.crls))
+    identity = load_identity(net)
+    # Send the intermediates that issued our own certificate along with our signatures.
+    chain = tuple(c for c in intermediates if c.subject == identity.certificate.issuer)
+    return NetworkRuntime(
+        name=net.name,
+        identity=identity,
+        store=TrustStore(anchors=anchors, intermediates=intermediates, crls=crls),
+        directory=FolderDirectory(net.directory),
+        identity_chain=chain,
+        charset=net.charset,
+        utf8_recipients=frozenset(a.lower() for a in net.utf8_recipients),
+    )
+
+
+def build_runtime(config: Config) -> Runtime:
+    return Runtime(
+        networks={name: _network_runtime(config.network(name)) for name in NETWORKS},
+        routing=routing_from_config(config),
+    )

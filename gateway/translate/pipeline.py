@@ -1,0 +1,198 @@
+"""The translation pipeline: one received message in, one re-sealed message (or an error) out.
+
+Rule kept here: no I/O. The pipeline is given the raw bytes, the runtime of both networks
+(identities, trust stores, directories already loaded), the routed envelope and the time; it
+returns a ``Translation`` or raises a ``gateway.errors`` error that carries the SMTP reply.
+Transports (SMTP, IMAP) and the CLI are thin adapters around ``translate``. The decrypted
+content exists only in the locals of one call.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.header
+import email.utils
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from cryptography import x509
+
+from gateway import errors
+from gateway.smime.directory import CertificateDirectory
+from gateway.smime.mime import parse_entity
+from gateway.smime.model import Identity, Layer, Signer
+from gateway.smime.trust import TrustStore
+from gateway.smime.unwrap import seal, unwrap
+
+# Headers carried over from the received message as they are (Subject stays what the sender
+# wrote; thread headers keep conversations together on the other side).
+_CARRIED = ("Subject", "Date", "Message-ID", "In-Reply-To", "References")
+_MAX_ADDRESS_HEADER = 16 * 1024
+
+
+@dataclass(frozen=True)
+class NetworkRuntime:
+    """What the pipeline needs of one network, loaded once (and on reload) by the app."""
+
+    name: str
+    identity: Identity
+    store: TrustStore
+    directory: CertificateDirectory
+    identity_chain: tuple[x509.Certificate, ...] = ()  # intermediates sent with our signature
+    # Text charset the network expects (apicrypt: iso-8859-1 unless the recipient wants UTF-8).
+    charset: str = "utf-8"
+    utf8_recipients: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Normalised:
+    content: bytes  # the MIME entity to seal for the destination
+    headers: tuple[tuple[str, str], ...] = ()  # extra message headers (X-MSS-*, ...)
+    facts: dict[str, str] = field(default_factory=dict)  # for the trace log: charset decision...
+
+
+# (content entity, source network, destination network, signer, recipients) -> Normalised
+Normaliser = Callable[[bytes, "NetworkRuntime", "NetworkRuntime", Signer, Sequence[str]],
+                      Normalised]
+
+
+def carry_over(content: bytes, source: NetworkRuntime, destination: NetworkRuntime,
+               signer: Signer, recipients: Sequence[str]) -> Normalised:
+    """The default normaliser: the verified content goes over unchanged."""
+    return Normalised(content)
+
+
+@dataclass(frozen=True)
+class Translation:
+    raw: bytes  # the re-sealed message, ready for the next hop
+    mail_from: str  # envelope sender on the destination network
+    recipients: tuple[str, ...]  # envelope recipients on the destination network
+    signer: Signer
+    layers: tuple[Layer, ...]
+    facts: dict[str, str]  # sizes, algorithms, normalisation decisions: safe to log
+
+
+def recipient_certificate(runtime: NetworkRuntime, address: str,
+                          at: dt.datetime) -> x509.Certificate:
+    """The newest certificate of ``address`` that is valid for encryption right now."""
+    candidates = runtime.directory.lookup(address)
+    reasons: list[str] = []
+    valid: list[x509.Certificate] = []
+    for cert in candidates:
+        try:
+            runtime.store.validate(cert, (), at, "encrypt")
+        except errors.GatewayError as exc:
+            reasons.append(exc.reason)
+            continue
+        valid.append(cert)
+    if not valid:
+        why = "; ".join(reasons) if reasons else "no certificate in the directory"
+        raise errors.RecipientCertificateError(f"recipient certificate unusable: {why}")
+    return max(valid, key=lambda c: c.not_valid_after_utc)
+
+
+def _single_address(value: str | None) -> str:
+    if value is None or len(value) > _MAX_ADDRESS_HEADER:
+        raise errors.SignerMismatch("From header missing or oversized")
+    pairs = [p for p in email.utils.getaddresses([value]) if p[1]]
+    if len(pairs) != 1:
+        raise errors.SignerMismatch("From header must hold exactly one address")
+    return pairs[0][1]
+
+
+def _display(name: str, address: str) -> str:
+    # A display name holding an address is the classic spoof ("boss@corp" <eve@corp>): the
+    # name is the sender's free text, only the address was verified. Drop such names.
+    if not name or "@" in name:
+        return f"<{address}>"
+    return email.utils.formataddr((name, address), charset="utf-8")
+
+
+def ascii_header(value: str) -> str:
+    """A carried header value as 7-bit: raw 8-bit (RFC 6532 or legacy) becomes RFC 2047."""
+    if value.isascii():
+        return value
+    octets = value.encode("latin-1", "replace")  # parse_entity decoded the octets as latin-1
+    try:
+        text = octets.decode("utf-8")
+    except UnicodeDecodeError:
+        text = octets.decode("cp1252", "replace")
+    return email.header.Header(text, "utf-8", maxlinelen=998).encode()
+
+
+def translate(
+    raw: bytes,
+    *,
+    source: NetworkRuntime,
+    destination: NetworkRuntime,
+    mail_from: str,
+    recipients: Sequence[str],
+    map_sender: Callable[[str], str],
+    at: dt.datetime,
+    hostname: str,
+    trace_id: str,
+    received_from: str = "local",
+    normalise: Normaliser = carry_over,
+    max_depth: int = 6,
+) -> Translation:
+    """Open, verify, normalise and re-seal ``raw`` for ``recipients`` on ``destination``.
+
+    ``mail_from`` and ``recipients`` are already routed (destination-side addresses);
+    ``map_sender`` rewrites a source-side address into its destination-side alias (for the
+    From header), raising ``SenderRefused`` when it cannot.
+    """
+    if not recipients:
+        raise errors.RecipientRefused("no routable recipient")
+    outer = parse_entity(raw)
+    unwrapped = unwrap(raw, [source.identity], source.store, at, max_depth=max_depth)
+    signer = unwrapped.signer
+    if signer is None:  # unwrap(require_signed=True) guarantees it; keep the type honest
+        raise errors.NotSigned("no signature")
+
+    certificates = [recipient_certificate(destination, rcpt, at) for rcpt in recipients]
+    normalised = normalise(unwrapped.content, source, destination, signer, recipients)
+
+    from_name, from_address = email.utils.parseaddr(outer.get("From") or "")
+    from_address = _single_address(outer.get("From"))
+    headers: list[tuple[str, str]] = [
+        ("Received", f"from {received_from} by {hostname} with ESMTPS id {trace_id}; "
+                     f"{email.utils.format_datetime(at)}"),
+        ("Authentication-Results", authentication_results(hostname, signer)),
+        ("From", _display(from_name, map_sender(from_address))),
+        ("To", ", ".join(f"<{r}>" for r in recipients)),
+    ]
+    for name in _CARRIED:
+        value = outer.get(name)
+        if value is not None:
+            headers.append((name, ascii_header(value)))
+    if outer.get("Date") is None:
+        headers.append(("Date", email.utils.format_datetime(at)))
+    dnt = outer.get("Disposition-Notification-To")
+    if dnt is not None:
+        try:
+            headers.append(("Disposition-Notification-To", f"<{map_sender(_single_address(dnt))}>"))
+        except errors.GatewayError:
+            pass  # an MDN request we cannot route back is dropped, not fatal
+    headers.extend(normalised.headers)
+    headers.append(("MIME-Version", "1.0"))
+
+    sealed = seal(normalised.content, destination.identity, certificates, headers,
+                  chain=destination.identity_chain)
+    facts = {
+        "size_in": str(len(raw)),
+        "size_content": str(len(unwrapped.content)),
+        "size_out": str(len(sealed)),
+        "layers": ",".join(layer.kind for layer in unwrapped.layers),
+        "signer_serial": format(signer.certificate.serial_number, "x"),
+        "digest": signer.digest_algorithm,
+        **normalised.facts,
+    }
+    return Translation(sealed, mail_from, tuple(recipients), signer, unwrapped.layers, facts)
+
+
+def authentication_results(hostname: str, signer: Signer) -> str:
+    """RFC 8601 syntax with the ``smime`` method of RFC 7281."""
+    identifier = min(signer.addresses) if signer.addresses else "unknown"
+    serial = format(signer.certificate.serial_number, "x")
+    return (f"{hostname}; smime=pass body.smime-identifier={identifier} "
+            f"body.smime-serial={serial}")

@@ -1,0 +1,201 @@
+"""The relay end to end on loopback: a client sends S/MIME mail (made by openssl) to one
+listener, the gateway re-seals it, a next-hop sink receives it, and openssl opens it with the
+recipient's key. Then the next hop misbehaves and the sender must never be told "delivered".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway.app import Gateway
+from gateway.config import load_config
+from gateway.devpki import init_pki
+from gateway.translate.context import build_runtime
+from tests.messages import Pki, network_of, open_as_recipient, text_entity, user_message
+
+JEAN = "jean.dupont@medical59.apicrypt.org"
+MARIE = "marie.curie@hopital-test.mssante.fr"
+MARIE_ON_APICRYPT = "marie.curie.mssante@passerelle.apicrypt.org"
+JEAN_ON_MSSANTE = "jean.dupont.apicrypt@passerelle.mssante.fr"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pki, dict[str, int]]:
+    ports = {k: free_port() for k in ("a_in", "a_out", "m_in", "m_out")}
+    root = tmp_path_factory.mktemp("pki")
+    init_pki(root, force=True, apicrypt_port=ports["a_in"], apicrypt_relay_port=ports["a_out"],
+             mssante_port=ports["m_in"], mssante_relay_port=ports["m_out"])
+    # short budgets so the hanging-sink case ends quickly
+    cfg = root / "gateway.toml"
+    cfg.write_text(cfg.read_text().replace(
+        "log_level = \"info\"", "log_level = \"info\"\ndata_timeout_seconds = 4"))
+    return Pki(root), ports
+
+
+@dataclass
+class Sink:
+    """The next hop: an SMTP server with STARTTLS whose behaviour the test sets."""
+
+    mode: str = "accept"  # accept | tempfail | permfail | hang | drop
+    received: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.mode == "tempfail":
+            return "451 4.3.0 try later"
+        if self.mode == "permfail":
+            return "554 5.7.1 refused by policy"
+        if self.mode == "hang":
+            await asyncio.sleep(30)
+        if self.mode == "drop":
+            assert server.transport is not None
+            server.transport.abort()
+            return "250 never seen"
+        assert envelope.mail_from is not None
+        self.received.append((envelope.mail_from, list(envelope.rcpt_tos),
+                              bytes(envelope.original_content or b"")))
+        return "250 2.0.0 queued as T1"
+
+
+@dataclass
+class Rig:
+    pki: Pki
+    ports: dict[str, int]
+    sinks: dict[str, Sink]
+    gateway: Gateway
+
+
+async def _start_sink(root: Path, network: str, port: int, sink: Sink) -> asyncio.AbstractServer:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(root / network / "next-hop-tls.pem", root / network / "next-hop-tls.key")
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: SMTP(sink, tls_context=ctx, require_starttls=True, hostname="sink.test"),
+        "127.0.0.1", port)
+
+
+@pytest.fixture
+async def rig(pki: tuple[Pki, dict[str, int]]) -> AsyncIterator[Rig]:
+    keys, ports = pki
+    config = load_config(keys.config)
+    gateway = Gateway(config, build_runtime(config))
+    await gateway.start()
+    sinks = {"apicrypt": Sink(), "mssante": Sink()}
+    servers = [await _start_sink(keys.root, "apicrypt", ports["a_out"], sinks["apicrypt"]),
+               await _start_sink(keys.root, "mssante", ports["m_out"], sinks["mssante"])]
+    yield Rig(keys, ports, sinks, gateway)
+    await gateway.stop_accepting()
+    for server in servers:
+        server.close()
+    gateway.close()
+
+
+def _send(rig: Rig, network: str, sender: str, rcpt: str, raw: bytes) -> tuple[int, bytes]:
+    """An MTA's view: the reply code (and text) to the DATA of one message."""
+    port = rig.ports["a_in" if network == "apicrypt" else "m_in"]
+    ctx = ssl.create_default_context(cafile=str(rig.pki.ca_file(network)))
+    ctx.check_hostname = False
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.starttls(context=ctx)
+        client.ehlo("client.test")
+        code, text = client.mail(sender)
+        assert code == 250, text
+        code, text = client.rcpt(rcpt)
+        if code != 250:
+            return code, text
+        return client.data(raw)
+
+
+async def send(rig: Rig, sender: str, rcpt: str, raw: bytes) -> tuple[int, bytes]:
+    return await asyncio.to_thread(_send, rig, network_of(sender), sender, rcpt, raw)
+
+
+async def test_apicrypt_to_mssante_opened_by_openssl(rig: Rig) -> None:
+    raw = user_message(rig.pki, JEAN, MARIE_ON_APICRYPT,
+                       text_entity("Résultat INR 3,2 (H)\n"), message_id="<e2e-1@test>")
+    code, _ = await send(rig, JEAN, MARIE_ON_APICRYPT, raw)
+    assert code == 250
+    [(mail_from, rcpts, relayed)] = rig.sinks["mssante"].received
+    assert mail_from == JEAN_ON_MSSANTE
+    assert rcpts == [MARIE]
+    opened = open_as_recipient(rig.pki, MARIE, relayed)
+    assert "Résultat INR 3,2".encode("iso-8859-1") in opened.content
+    assert b"Message-ID: <e2e-1@test>" in opened.headers
+    assert b"smime=pass" in opened.headers
+    assert f"From: <{JEAN_ON_MSSANTE}>".encode() in opened.headers
+    assert b"Passerelle" in opened.signer_pem or opened.signer_pem.startswith(b"-----BEGIN")
+
+
+async def test_mssante_to_apicrypt_opened_by_openssl(rig: Rig) -> None:
+    raw = user_message(rig.pki, MARIE, JEAN_ON_MSSANTE,
+                       text_entity("Compte rendu: patient stable.\n", "utf-8"))
+    code, _ = await send(rig, MARIE, JEAN_ON_MSSANTE, raw)
+    assert code == 250
+    [(mail_from, rcpts, relayed)] = rig.sinks["apicrypt"].received
+    assert (mail_from, rcpts) == (MARIE_ON_APICRYPT, [JEAN])
+    opened = open_as_recipient(rig.pki, JEAN, relayed)
+    assert b"patient stable" in opened.content
+
+
+@pytest.mark.parametrize(("mode", "expected"), [
+    ("tempfail", 451), ("permfail", 554), ("hang", 451), ("drop", 451), ("down", 451)])
+async def test_next_hop_failures_are_never_reported_delivered(rig: Rig, mode: str,
+                                                              expected: int) -> None:
+    sink = rig.sinks["mssante"]
+    sink.mode = mode
+    if mode == "down":  # nothing listens on the relay port any more
+        rig.gateway._hops["mssante"] = rig.gateway._hops["mssante"].__class__(
+            **{**rig.gateway._hops["mssante"].__dict__, "port": free_port()})
+    raw = user_message(rig.pki, JEAN, MARIE_ON_APICRYPT, text_entity("INR 2,9\n"))
+    code, _ = await send(rig, JEAN, MARIE_ON_APICRYPT, raw)
+    assert code == expected
+    assert sink.received == []
+    # the next hop comes back: the sender's retry succeeds (nothing was lost)
+    sink.mode = "accept"
+    if mode == "down":
+        await rig.gateway.stop_accepting()
+        rig.gateway._hops["mssante"] = rig.gateway._next_hop(rig.gateway.config.network("mssante"))
+        rig.gateway._servers.clear()
+        await rig.gateway.start()
+    code, _ = await send(rig, JEAN, MARIE_ON_APICRYPT, raw)
+    assert code == 250
+    assert len(sink.received) == 1
+
+
+async def test_refusals_at_the_envelope_and_at_data(rig: Rig) -> None:
+    raw = user_message(rig.pki, JEAN, MARIE_ON_APICRYPT, text_entity("x\n"))
+    # a recipient that is not an alias of the other network: no open relay
+    code, _ = await send(rig, JEAN, "someone@example.com", raw)
+    assert code == 550
+    # a message signed by someone else than its From
+    forged = user_message(rig.pki, JEAN, MARIE_ON_APICRYPT, text_entity("x\n"),
+                          signer="labo.biolille@labo59.apicrypt.org")
+    code, text = await send(rig, JEAN, MARIE_ON_APICRYPT, forged)
+    assert (code, text[:5]) == (550, b"5.7.7")
+    # a revoked signer
+    revoked = user_message(rig.pki, "revoque@medical59.apicrypt.org", MARIE_ON_APICRYPT,
+                           text_entity("x\n"))
+    code, text = await send(rig, "revoque@medical59.apicrypt.org", MARIE_ON_APICRYPT, revoked)
+    assert (code, text[:5]) == (550, b"5.7.7")
+    # a clear (unencrypted) message
+    code, text = await send(rig, JEAN, MARIE_ON_APICRYPT,
+                            b"From: " + JEAN.encode() + b"\r\n\r\nhello\r\n")
+    assert (code, text[:5]) == (550, b"5.7.5")
+    # to a recipient whose certificate is revoked
+    code, text = await send(rig, JEAN, "revoque.mssante@passerelle.apicrypt.org", raw)
+    assert code == 550
+    assert rig.sinks["mssante"].received == []

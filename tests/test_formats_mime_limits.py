@@ -17,7 +17,7 @@ from gateway.formats.mime_limits import MimeLimits, check_limits, parse_message,
 
 SIMPLE = (
     b"From: a@example.org\r\nTo: b@example.org\r\nSubject: hello\r\n"
-    b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"XX\"\r\n\r\n"
+    b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="XX"\r\n\r\n'
     b"preamble\r\n--XX\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\r\nR\xe9sultat\r\n"
     b"--XX\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
     b"JVBERi0xLjQK\r\n--XX--\r\nepilogue\r\n"
@@ -163,8 +163,9 @@ def test_digest_children_are_messages() -> None:
 
 
 def test_delivery_status_blocks_counted() -> None:
-    blocks = b"\r\n".join(b"Final-Recipient: rfc822; u%d@example.org\r\nAction: failed\r\n" % i
-                          for i in range(3))
+    blocks = b"\r\n".join(
+        b"Final-Recipient: rfc822; u%d@example.org\r\nAction: failed\r\n" % i for i in range(3)
+    )
     raw = b"Content-Type: message/delivery-status\r\n\r\n" + blocks
     stats = scan_mime(raw)
     assert _walk_stats(parse_message(raw)) == (stats.parts, stats.depth)

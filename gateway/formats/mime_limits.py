@@ -66,6 +66,7 @@ class MimeStats:
     parts: int
     depth: int
 
+
 # The feedparser's header-line test (email.feedparser.headerRE), on bytes.
 _HEADER_RE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
 _ADDRESS_HEADERS = frozenset(

@@ -21,7 +21,7 @@ from gateway import errors
 from gateway.smime.directory import CertificateDirectory
 from gateway.smime.mime import parse_entity
 from gateway.smime.model import Identity, Layer, Signer
-from gateway.smime.trust import TrustStore
+from gateway.smime.trust import TrustStore, email_addresses
 from gateway.smime.unwrap import seal, unwrap
 
 # Headers carried over from the received message as they are (Subject stays what the sender
@@ -159,6 +159,9 @@ def translate(
                      f"{email.utils.format_datetime(at)}"),
         ("Authentication-Results", authentication_results(hostname, signer)),
         ("From", _display(from_name, map_sender(from_address))),
+        # RFC 8551 §3: the signer must match From or Sender; the gateway signs, so it is
+        # the Sender, and the author stays in From for replies to route back.
+        ("Sender", f"<{min(email_addresses(destination.identity.certificate))}>"),
         ("To", ", ".join(f"<{r}>" for r in recipients)),
     ]
     for name in _CARRIED:

@@ -393,22 +393,18 @@ def split_signed(entity: Entity) -> tuple[bytes, bytes]:
     boundary_text = params.get("boundary", "")
     if not boundary_text or len(boundary_text) > 200:
         raise MalformedError("multipart without a usable boundary")
-    dash = b"--" + boundary_text.encode("latin-1")
+    # A delimiter line: "--boundary", "--" if it closes, transport padding, the line ending
+    # (RFC 2046 §5.1.1). One C-level regex scan, stopped after three delimiters.
+    delimiter = re.compile(
+        rb"^--" + re.escape(boundary_text.encode("latin-1")) + rb"(--)?[ \t]*\r?$", re.MULTILINE
+    )
     body = entity.body
     delimiters: list[tuple[int, int, bool]] = []  # (line start, next line start, is close)
-    pos = 0
-    while True:
-        pos = body.find(dash, pos)
-        if pos < 0:
+    for match in delimiter.finditer(body):
+        close = match.group(1) is not None
+        delimiters.append((match.start(), min(match.end() + 1, len(body)), close))
+        if close or len(delimiters) > 2:
             break
-        found = _delimiter_at(body, pos, len(dash))
-        if found is not None:
-            delimiters.append((pos, found[0], found[1]))
-            if found[1] or len(delimiters) > 2:
-                break
-            pos = found[0]
-        else:
-            pos += 1
     closes = [close for _, _, close in delimiters]
     if closes != [False, False, True]:
         if len(closes) < 3 and not any(closes):
@@ -421,25 +417,6 @@ def split_signed(entity: Entity) -> tuple[bytes, bytes]:
     if sig_media not in _PKCS7_SIGNATURE and sig_media != "application/octet-stream":
         raise MalformedError("second part of multipart/signed is not a PKCS #7 signature")
     return crlf(first), pkcs7_der(signature)
-
-
-def _delimiter_at(body: bytes, pos: int, size: int) -> tuple[int, bool] | None:
-    """If a delimiter line starts at ``pos``: (start of the next line, close delimiter?)."""
-    if pos and body[pos - 1] != 0x0A:
-        return None  # not at the beginning of a line
-    end = pos + size
-    close = body[end : end + 2] == b"--"
-    if close:
-        end += 2
-    while end < len(body) and body[end] in (0x20, 0x09):
-        end += 1  # transport padding
-    if end == len(body):
-        return end, close
-    if body[end : end + 2] == b"\r\n":
-        return end + 2, close
-    if body[end] == 0x0A:
-        return end + 1, close
-    return None
 
 
 def _part_end(body: bytes, delimiter: int) -> int:

@@ -1,0 +1,250 @@
+"""Relay benchmark: encrypted messages through a running gateway, with peers measured alongside.
+
+    python -m bench.relay [--messages 2000] [--concurrency 32] [--size 10240]
+
+Starts ``gateway run`` as a subprocess on a fresh development PKI, a next-hop sink (STARTTLS)
+and a load generator in this process, pushes the messages (signed by a user, encrypted for the
+gateway, RSA-2048, ~size bytes) and prints:
+
+* messages/s end to end, p50/p99 latency (sender's DATA to the gateway's 250), peak RSS;
+* the gateway's CPU time per message: user+sys of the gateway process from /proc, divided by
+  the messages — the figure that does not depend on the load generator sharing the machine;
+* next to it, measured in the same run: the CPU per message of an OpenSSL-CLI pipeline
+  (``openssl smime`` decrypt | verify | sign | encrypt) and the physical floor (two RSA-2048
+  private-key operations, from ``openssl speed``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiosmtplib
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway.devpki import alias_of, init_pki, user_identity
+from gateway.smime.unwrap import seal
+
+SENDER = "jean.dupont@medical59.apicrypt.org"
+RECIPIENT = "marie.curie@hopital-test.mssante.fr"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """user+sys of a process and of its reaped children, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return (utime + stime + cutime + cstime) / CLK_TCK
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.count = 0
+        self.done = asyncio.Event()
+        self.expected = 0
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.count += 1
+        if self.count >= self.expected:
+            self.done.set()
+        return "250 2.0.0 ok"
+
+
+def make_messages(root: Path, count: int, size: int, distinct: int = 64) -> list[bytes]:
+    """``distinct`` sealed messages (the crypto is the costly part), each sent with its own
+    Message-ID so every one is a different message to the gateway."""
+    user = user_identity(root, SENDER)
+    gateway_cert = (root / "apicrypt" / "gateway.pem").read_bytes()
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(gateway_cert)
+    alias = alias_of(RECIPIENT, "mssante")
+    line = "Résultat INR 3,2 - contrôle - 0123456789 ABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n"
+    text = (line * (size // len(line) + 1))[:size]
+    entity = (b"Content-Type: text/plain; charset=ISO-8859-1\r\n"
+              b"Content-Transfer-Encoding: 8bit\r\n\r\n" + text.encode("iso-8859-1"))
+    bodies = [seal(entity, user, [cert], [("From", SENDER), ("To", alias),
+                                          ("Subject", "bench"), ("MIME-Version", "1.0")])
+              for _ in range(distinct)]
+    return [f"Message-ID: <bench-{i}@passerelle.test>\r\n".encode() + bodies[i % distinct]
+            for i in range(count)]
+
+
+async def load(port: int, cafile: Path, messages: list[bytes], concurrency: int,
+               latencies: list[float], failures: list[str]) -> None:
+    alias = alias_of(RECIPIENT, "mssante")
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for m in messages:
+        queue.put_nowait(m)
+    context = ssl.create_default_context(cafile=str(cafile))
+    context.check_hostname = False
+
+    async def worker() -> None:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True,
+                               tls_context=context, timeout=60)
+        await smtp.connect()
+        try:
+            while not queue.empty():
+                raw = queue.get_nowait()
+                t0 = time.perf_counter()
+                try:
+                    await smtp.sendmail(SENDER, [alias], raw)
+                except aiosmtplib.SMTPException as exc:
+                    failures.append(str(exc)[:80])
+                    continue
+                latencies.append(time.perf_counter() - t0)
+        finally:
+            smtp.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def openssl_pipeline_cpu(root: Path, message: bytes, rounds: int) -> float:
+    """CPU seconds per message of decrypt | verify | sign | encrypt with the OpenSSL CLI."""
+    keys = root / "apicrypt"
+    m_users = root / "mssante" / "users"
+    bundle = root / "bench-ca.pem"
+    bundle.write_bytes((keys / "ca.pem").read_bytes())
+    cmd = (
+        f"openssl smime -decrypt -recip {keys}/gateway.pem -inkey {keys}/gateway.key"
+        f" | openssl smime -verify -CAfile {bundle} -purpose any 2>/dev/null"
+        f" | openssl smime -sign -signer {root}/mssante/gateway.pem"
+        f" -inkey {root}/mssante/gateway.key -md sha256"
+        f" | openssl smime -encrypt -aes256 {m_users}/{RECIPIENT}.pem > /dev/null"
+    )
+    before = os.times()
+    for _ in range(rounds):
+        subprocess.run(cmd, shell=True, input=message, check=True)  # noqa: S602
+    after = os.times()
+    return ((after.children_user - before.children_user)
+            + (after.children_system - before.children_system)) / rounds
+
+
+def rsa_floor_ms() -> float:
+    out = subprocess.run(["openssl", "speed", "-seconds", "2", "rsa2048"], capture_output=True,
+                         text=True, check=True).stdout
+    match = re.search(r"rsa\s+2048 bits\s+([\d.]+)s", out)
+    if match is None:
+        return float("nan")
+    return 2 * float(match.group(1)) * 1000
+
+
+async def bench(args: argparse.Namespace, root: Path) -> dict[str, float]:
+    ports = {k: free_port() for k in ("a_in", "a_out", "m_in", "m_out")}
+    init_pki(root, force=True, apicrypt_port=ports["a_in"], apicrypt_relay_port=ports["a_out"],
+             mssante_port=ports["m_in"], mssante_relay_port=ports["m_out"])
+    cfg = root / "gateway.toml"
+    cfg.write_text(cfg.read_text().replace(
+        'log_level = "info"',
+        'log_level = "warning"\nmax_sessions = 500\nmax_sessions_per_ip = 500\n'
+        "rate_limit_per_minute = 1000000"))
+    messages = make_messages(root, args.messages, args.size)
+    sink = Sink()
+    sink.expected = args.messages
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(root / "mssante" / "next-hop-tls.pem",
+                        root / "mssante" / "next-hop-tls.key")
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(sink, tls_context=ctx, require_starttls=True, hostname="sink"),
+        "127.0.0.1", ports["m_out"])
+    cmd = [sys.executable, "-m", "gateway", "run", "--config", str(cfg)]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):  # wait for the listener
+            try:
+                with socket.create_connection(("127.0.0.1", ports["a_in"]), timeout=0.2):
+                    break
+            except OSError:
+                await asyncio.sleep(0.05)
+        # warm-up, not counted
+        await load(ports["a_in"], root / "apicrypt" / "ca.pem", messages[:32], 8, [], [])
+        cpu0 = cpu_seconds(proc.pid)
+        sink.count = 0
+        latencies: list[float] = []
+        failures: list[str] = []
+        t0 = time.perf_counter()
+        await load(ports["a_in"], root / "apicrypt" / "ca.pem", messages, args.concurrency,
+                   latencies, failures)
+        wall = time.perf_counter() - t0
+        cpu = cpu_seconds(proc.pid) - cpu0
+        peak = rss_mb(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        server.close()
+    latencies.sort()
+    done = len(latencies)
+    return {
+        "messages": float(done), "failures": float(len(failures)),
+        "delivered": float(sink.count), "msg_per_s": done / wall,
+        "p50_ms": 1000 * statistics.median(latencies) if latencies else float("nan"),
+        "p99_ms": 1000 * latencies[int(0.99 * (done - 1))] if latencies else float("nan"),
+        "gateway_cpu_ms": 1000 * cpu / max(done, 1), "peak_rss_mb": peak,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--size", type=int, default=10 * 1024)
+    parser.add_argument("--workers", type=int, default=0, help="gateway run --workers N")
+    parser.add_argument("--openssl-rounds", type=int, default=40)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="passerelle-bench-"))
+    try:
+        figures = asyncio.run(bench(args, root / "pki"))
+        sample = make_messages(root / "pki", 1, args.size, distinct=1)[0]
+        openssl_ms = 1000 * openssl_pipeline_cpu(root / "pki", sample, args.openssl_rounds)
+        floor_ms = rsa_floor_ms()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"relay benchmark  {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores,"
+          f" {args.messages} messages of {args.size} bytes, concurrency {args.concurrency}")
+    print(f"  relayed (250)                {figures['messages']:.0f}"
+          f"   failures {figures['failures']:.0f}   at sink {figures['delivered']:.0f}")
+    print(f"  end to end                   {figures['msg_per_s']:.1f} messages/s")
+    print(f"  latency p50 / p99            {figures['p50_ms']:.1f} / {figures['p99_ms']:.1f} ms")
+    print(f"  gateway peak RSS             {figures['peak_rss_mb']:.0f} MB")
+    print(f"  gateway CPU per message      {figures['gateway_cpu_ms']:.2f} ms")
+    print(f"  openssl CLI pipeline CPU     {openssl_ms:.2f} ms per message"
+          f"  (gateway is {openssl_ms / figures['gateway_cpu_ms']:.1f}x less)")
+    print(f"  physical floor (2 RSA ops)   {floor_ms:.2f} ms per message"
+          f"  (gateway is {figures['gateway_cpu_ms'] / floor_ms:.1f}x the floor)")
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"  load generator + sink CPU    {own.ru_utime + own.ru_stime:.1f} s (not counted)")
+    return 0 if figures["failures"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

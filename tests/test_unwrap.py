@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from gateway.errors import (
     BadSignature,
+    GatewayError,
     LimitExceeded,
     MalformedError,
     NotEncrypted,
@@ -544,3 +545,28 @@ def test_trace_receives_layers_even_on_failure(pki: Pki) -> None:
         trace=trace,
     )
     assert tuple(trace) == result.layers
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(data=st.data())
+def test_fuzz_mutated_sealed_message(pki: Pki, data: st.DataObject) -> None:
+    """Flips, cuts and insertions anywhere in a sealed message: only GatewayError comes out."""
+    raw = bytearray(seal(CONTENT, pki.alice.identity, [pki.gateway.cert], headers()))
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        action = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        if action == "flip":
+            raw[pos] = data.draw(st.integers(0, 255))
+        elif action == "cut":
+            del raw[pos : pos + data.draw(st.integers(1, 200))]
+        else:
+            raw[pos:pos] = data.draw(st.sampled_from([b"\r\n", b"\n", b"=", b"--", b";", b"A"]))
+        if not raw:
+            break
+    try:
+        result = open_for(pki, bytes(raw))
+    except GatewayError:
+        return
+    # What survives a mutation must still be exactly what Alice signed.
+    assert result.content == CONTENT
+    assert result.signer is not None and result.signer.certificate == pki.alice.cert

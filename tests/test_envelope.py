@@ -751,3 +751,69 @@ def test_fuzz_mutated_envelopes(
     except GatewayError:
         return
     assert isinstance(content, bytes)
+
+
+# --- performance paths: hand-written DER, cached name keys -------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 100, 200, 70_000])
+def test_encrypt_for_mixed_recipients_is_canonical_der(pki: Pki, size: int) -> None:
+    """The hand-written envelope is DER (re-encoding changes nothing: lengths, SET OF order)."""
+    content = os.urandom(size)
+    recipients = [pki.other.certificate, pki.ec.certificate, pki.gateway.certificate,
+                  pki.ec384.certificate]
+    der = encrypt(content, recipients)
+    info = asn1_cms.ContentInfo.load(der, strict=True)
+    assert info.dump(force=True) == der
+    enveloped = info["content"]
+    assert enveloped["version"].native == "v2"  # kari present
+    infos = list(enveloped["recipient_infos"])
+    assert sorted(i.name for i in infos) == ["kari", "kari", "ktri", "ktri"]
+    encodings = [i.dump() for i in infos]
+    assert encodings == sorted(encodings)
+    for party in (pki.other, pki.gateway, pki.ec, pki.ec384):
+        assert decrypt(der, [party.identity])[0] == content
+    rsa_only = asn1_cms.ContentInfo.load(encrypt(content, [pki.gateway.certificate]))
+    assert rsa_only["content"]["version"].native == "v0"
+
+
+def _with_issuer(der: bytes, issuer: asn1_x509.Name) -> bytes:
+    info = asn1_cms.ContentInfo.load(der)
+    (recipient,) = list(info["content"]["recipient_infos"])
+    rid = recipient.chosen["rid"].chosen
+    rebuilt = asn1_cms.IssuerAndSerialNumber({"issuer": issuer,
+                                              "serial_number": rid["serial_number"].native})
+    recipient.chosen["rid"] = asn1_cms.RecipientIdentifier(
+        name="issuer_and_serial_number", value=rebuilt)
+    return bytes(info.dump(force=True))
+
+
+def test_issuer_encoded_differently_still_matches(pki: Pki) -> None:
+    """RFC 5280 name matching, not byte equality: a PrintableString issuer names our CA too."""
+    cert = pki.gateway.certificate
+    issuer = asn1_x509.Name.load(cert.issuer.public_bytes())
+    printable = asn1_x509.Name.build(issuer.native, use_printable=True)
+    assert printable.dump() != issuer.dump()
+    assert printable.hashable == issuer.hashable
+    der = _with_issuer(encrypt(PAYLOAD, [cert]), printable)
+    for _ in range(2):  # the second time from the cache
+        assert decrypt(der, [pki.gateway.identity])[0] == PAYLOAD
+    other_ca = asn1_x509.Name.build({"common_name": "Another CA"})
+    with pytest.raises(NotForGateway):
+        decrypt(_with_issuer(encrypt(PAYLOAD, [cert]), other_ca), [pki.gateway.identity])
+
+
+def test_name_key_cache_is_exact_and_bounded(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.smime import envelope
+
+    monkeypatch.setattr(envelope, "_name_keys", {})
+    monkeypatch.setattr(envelope, "_NAME_CACHE_SIZE", 4)
+    names = [asn1_x509.Name.build({"common_name": f"CA {i}", "organization_name": "Org"})
+             for i in range(10)]
+    for name in names * 2:
+        reloaded = asn1_x509.Name.load(name.dump())
+        assert envelope._name_key(reloaded) == name.hashable
+        assert len(envelope._name_keys) <= 4
+    huge = asn1_x509.Name.build({"common_name": "x" * 60, "organization_name": "y" * 3000})
+    assert envelope._name_key(huge) == huge.hashable
+    assert huge.dump() not in envelope._name_keys  # oversized names are not kept

@@ -393,3 +393,89 @@ def test_reasons_never_hold_addresses(pki: Pki) -> None:
             with pytest.raises(GatewayError) as caught:
                 store.validate(cert, [pki.inter.certificate], NOW, purpose)
             assert "@" not in str(caught.value)
+
+
+# --- the chain cache -----------------------------------------------------------------------------
+
+
+def _half_minute(moment: dt.datetime) -> dt.datetime:
+    """``moment`` moved to second 30 of its minute: ±1 s stays in the same minute."""
+    return moment.replace(second=30, microsecond=0)
+
+
+def _refusal(store: TrustStore, leaf: x509.Certificate, untrusted: list[x509.Certificate],
+             at: dt.datetime, purpose: str) -> tuple[type[GatewayError], str]:
+    with pytest.raises(GatewayError) as caught:
+        store.validate(leaf, untrusted, at, purpose)  # type: ignore[arg-type]
+    return type(caught.value), caught.value.reason
+
+
+def test_cached_chain_is_the_same_and_reused(pki: Pki) -> None:
+    store = store_of(pki)
+    first = store.validate(pki.leaf.certificate, [pki.inter.certificate], NOW, "sign")
+    again = store.validate(pki.leaf.certificate, [pki.inter.certificate], NOW, "sign")
+    assert again is first  # from the cache
+    fresh = store_of(pki).validate(pki.leaf.certificate, [pki.inter.certificate], NOW, "sign")
+    assert fresh == first
+
+
+def test_cache_never_accepts_an_expired_leaf_late(pki: Pki) -> None:
+    expiry = _half_minute(NOW + dt.timedelta(days=5))
+    leaf = certgen.make_leaf(pki.inter, "Brief", emails=["brief@example.test"],
+                             not_before=expiry - dt.timedelta(days=10), days=10).certificate
+    assert leaf.not_valid_after_utc == expiry
+    store = store_of(pki)
+    before, after = expiry - dt.timedelta(seconds=1), expiry + dt.timedelta(seconds=1)
+    assert store.validate(leaf, [pki.inter.certificate], before, "sign")[0] == leaf
+    assert store.validate(leaf, [pki.inter.certificate], expiry, "sign")[0] == leaf
+    refused = _refusal(store, leaf, [pki.inter.certificate], after, "sign")
+    assert refused[0] is ExpiredSigner
+    assert refused == _refusal(store_of(pki), leaf, [pki.inter.certificate], after, "sign")
+    # not yet valid: the window's other end
+    start = leaf.not_valid_before_utc
+    assert store.validate(leaf, [pki.inter.certificate], start, "encrypt")[0] == leaf
+    assert _refusal(store, leaf, [pki.inter.certificate], start - dt.timedelta(seconds=1),
+                    "encrypt")[0] is RecipientCertificateError
+
+
+def test_cache_never_accepts_an_expired_intermediate_late(pki: Pki) -> None:
+    expiry = _half_minute(NOW + dt.timedelta(days=3))
+    inter = certgen.make_ca("Short Inter", issuer=pki.root,
+                            not_before=expiry - dt.timedelta(days=20), days=20)
+    leaf = certgen.make_leaf(inter, "Long", emails=["long@example.test"],
+                             not_before=expiry - dt.timedelta(days=10)).certificate
+    assert leaf.not_valid_after_utc > expiry
+    store = store_of(pki)
+    before, after = expiry - dt.timedelta(seconds=1), expiry + dt.timedelta(seconds=1)
+    assert len(store.validate(leaf, [inter.certificate], before, "sign")) == 3
+    refused = _refusal(store, leaf, [inter.certificate], after, "sign")
+    assert refused == _refusal(store_of(pki), leaf, [inter.certificate], after, "sign")
+
+
+def test_cache_is_per_purpose_and_untrusted_set(pki: Pki) -> None:
+    store = store_of(pki)
+    store.validate(pki.sign_only.certificate, [pki.inter.certificate], NOW, "sign")
+    with pytest.raises(RecipientCertificateError):
+        store.validate(pki.sign_only.certificate, [pki.inter.certificate], NOW, "encrypt")
+    with pytest.raises(UntrustedSigner):  # the intermediate is not in the store: needed
+        store.validate(pki.sign_only.certificate, [], NOW, "sign")
+
+
+def test_cache_is_bounded(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.smime import trust
+
+    monkeypatch.setattr(trust, "_CACHE_SIZE", 3)
+    store = store_of(pki)
+    for minutes in range(10):
+        at = NOW + dt.timedelta(minutes=minutes)
+        store.validate(pki.leaf.certificate, [pki.inter.certificate], at, "sign")
+        assert len(store._validated) <= 3
+
+
+def test_a_new_store_with_a_crl_refuses_what_the_old_one_cached(pki: Pki) -> None:
+    old = store_of(pki)
+    old.validate(pki.leaf.certificate, [pki.inter.certificate], NOW, "sign")
+    crl = certgen.make_crl(pki.inter, [pki.leaf.certificate.serial_number])
+    with pytest.raises(RevokedSigner):
+        store_of(pki, crls=(crl,)).validate(
+            pki.leaf.certificate, [pki.inter.certificate], NOW, "sign")

@@ -18,6 +18,10 @@ Rules kept here:
   optional in the configuration). CRLs not signed by the issuer are ignored.
 * SHA-1 / MD5 certificate signatures are refused (``WeakAlgorithm``), except the anchor's own
   self-signature, which proves nothing anyway.
+* Successes are remembered per store (a reload builds a new store) for the same leaf, untrusted
+  certificates and purpose within the same minute, and reused only while ``at`` lies inside
+  every certificate of the chain's validity window, checked exactly: an expiry is never
+  accepted late. Failures are always worked out again.
 * Failures are typed: for ``"sign"`` ``UntrustedSigner``, ``ExpiredSigner``, ``RevokedSigner``,
   ``CertificateUsageError``, ``WeakAlgorithm``; for ``"encrypt"`` always
   ``RecipientCertificateError``. Reasons name the problem and the certificate by subject CN and
@@ -66,6 +70,8 @@ _WEAK_SIGNATURE_OIDS = frozenset({
     "1.2.840.10040.4.3",  # dsa-with-sha1
 })
 _MAX_DIAGNOSTIC_DEPTH = 10
+_CACHE_SIZE = 4096  # validated chains remembered per store (cleared when full)
+_CACHE_BUCKET_SECONDS = 60
 _DER = Encoding.DER
 _Ext = TypeVar("_Ext", bound=x509.ExtensionType)
 
@@ -199,6 +205,10 @@ class TrustStore:
     def _store(self) -> verification.Store:
         return verification.Store(list(self.anchors))
 
+    @cached_property
+    def _validated(self) -> dict[_CacheKey, _Validated]:
+        return {}
+
     def validate(
         self,
         leaf: x509.Certificate,
@@ -208,7 +218,21 @@ class TrustStore:
     ) -> tuple[x509.Certificate, ...]:
         """The chain of ``leaf`` (leaf first, anchor last), valid for ``purpose`` as of ``at``."""
         try:
-            return self._validate(leaf, untrusted, _utc(at), purpose)
+            when = _utc(at)
+            key = (leaf, tuple(untrusted), purpose, int(when.timestamp() // _CACHE_BUCKET_SECONDS))
+            known = self._validated.get(key)
+            if known is not None and known.not_before <= when <= known.not_after:
+                return known.chain
+            chain = self._validate(leaf, untrusted, when, purpose)
+            cache = self._validated
+            if len(cache) >= _CACHE_SIZE:
+                cache.clear()
+            cache[key] = _Validated(
+                chain,
+                max(c.not_valid_before_utc for c in chain),
+                min(c.not_valid_after_utc for c in chain),
+            )
+            return chain
         except GatewayError as error:
             if purpose == "encrypt" and not isinstance(error, RecipientCertificateError):
                 raise RecipientCertificateError(f"recipient certificate: {error.reason}") from None
@@ -296,6 +320,18 @@ class TrustStore:
                 genuine = False
             if genuine and crl.get_revoked_certificate_by_serial_number(cert.serial_number):
                 raise RevokedSigner(f"certificate revoked ({describe(cert)})")
+
+
+_CacheKey = tuple[x509.Certificate, tuple[x509.Certificate, ...], str, int]
+
+
+@dataclass(frozen=True)
+class _Validated:
+    """A chain that validated, and the window in which every certificate of it is valid."""
+
+    chain: tuple[x509.Certificate, ...]
+    not_before: dt.datetime
+    not_after: dt.datetime
 
 
 def _check_usage(leaf: x509.Certificate, purpose: Purpose) -> None:

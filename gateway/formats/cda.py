@@ -1,0 +1,531 @@
+"""CDA R2 documents for MSSanté: "N1" (text or PDF in ``nonXMLBody``) and a structured lab
+report (one observation per HPRIM ``RES`` line), and reading them back.
+
+Rules kept here: pure functions, no clock (times are parameters), no randomness (identifiers
+are derived from the content, so the same input gives the same bytes); the patient's INS is
+written (root ``1.2.250.1.213.1.4.8``) only when the NIR's key is valid. Reading goes through
+:mod:`gateway.formats.xmlsafe` (no DOCTYPE, no entity, no network) and never raises anything
+but ``gateway.errors`` types.
+
+CDA R2 lets a document have ``nonXMLBody`` or ``structuredBody``, not both: a lab result
+therefore travels as two documents, the N1 text (what the practitioner reads) and a structured
+lab report (formatCode ``urn:ihe:lab:xd-lab:2008``) with the observations.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Literal
+
+from lxml import etree
+
+from gateway.errors import MalformedError
+from gateway.formats.hprim import HprimHeader, LabBlock, LabResult, parse_date, validate_nir
+from gateway.formats.xmlsafe import MAX_XML_BYTES, parse_xml
+
+__all__ = [
+    "FORMAT_LAB",
+    "FORMAT_PDF",
+    "FORMAT_TEXT",
+    "INS_NIR_OID",
+    "Author",
+    "CdaContent",
+    "CdaDocument",
+    "LabObservation",
+    "Patient",
+    "build_lab_cda",
+    "build_n1_cda",
+    "cda_timestamp",
+    "read_cda",
+]
+
+HL7 = "urn:hl7-org:v3"
+XSI = "http://www.w3.org/2001/XMLSchema-instance"
+NS = {"h": HL7}
+_XSI_TYPE = f"{{{XSI}}}type"
+
+INS_NIR_OID = "1.2.250.1.213.1.4.8"  #: INS-NIR: the NIR as national health identifier
+RPPS_OID = "1.2.250.1.71.4.2.1"  #: national identifiers of health professionals (RPPS/ADELI)
+LOINC = "2.16.840.1.113883.6.1"
+GENDER_OID = "2.16.840.1.113883.5.1"
+INTERPRETATION_OID = "2.16.840.1.113883.5.83"
+CONFIDENTIALITY_OID = "2.16.840.1.113883.5.25"
+#: local code systems of the gateway (patient codes and lab codes that HPRIM senders use)
+LOCAL_PATIENT_ID_ROOT = "1.2.250.1.999.1.1"
+LOCAL_AUTHOR_ID_ROOT = "1.2.250.1.999.1.2"
+LOCAL_LAB_CODE_SYSTEM = "1.2.250.1.999.1.3"
+
+FORMAT_TEXT = "urn:ihe:iti:xds-sd:text:2008"
+FORMAT_PDF = "urn:ihe:iti:xds-sd:pdf:2008"
+FORMAT_LAB = "urn:ihe:lab:xd-lab:2008"
+_FORMAT_FOR_MEDIA = {"text/plain": FORMAT_TEXT, "application/pdf": FORMAT_PDF}
+
+LAB_REPORT_CODE = ("11502-2", "CR d'examens biologiques")
+DEFAULT_N1_CODE = ("11488-4", "Compte rendu de consultation")
+
+_UNIT = re.compile(r"[!-~µ]{1,20}")
+
+
+@dataclass(frozen=True)
+class Patient:
+    last_name: str
+    first_name: str
+    birth_date: date | None = None
+    sex: Literal["M", "F"] | None = None
+    nir: str | None = None  #: as written; used as the INS only when its key is valid
+    local_id: str | None = None
+    local_id_root: str = LOCAL_PATIENT_ID_ROOT
+    address: tuple[str, ...] = ()
+
+    @property
+    def ins(self) -> str | None:
+        """The 15-character INS-NIR, or None when there is no valid NIR."""
+        if self.nir is None or not validate_nir(self.nir):
+            return None
+        return "".join(self.nir.split()).upper()
+
+    @classmethod
+    def from_hprim(cls, header: HprimHeader) -> Patient:
+        return cls(
+            last_name=header.last_name,
+            first_name=header.first_name,
+            birth_date=header.birth_date,
+            sex=header.sex,
+            nir=header.nir_compact,
+            local_id=header.patient_code or None,
+            address=tuple(a for a in (header.address1, header.address2, header.postcode_city) if a),
+        )
+
+
+@dataclass(frozen=True)
+class Author:
+    id: str
+    name: str
+    id_root: str = RPPS_OID
+    organisation: str | None = None
+
+    @classmethod
+    def from_hprim(cls, header: HprimHeader) -> Author:
+        return cls(
+            id=header.sender_code or "UNKNOWN",
+            name=header.sender_name or header.sender_code,
+            id_root=LOCAL_AUTHOR_ID_ROOT,
+        )
+
+
+@dataclass(frozen=True)
+class CdaDocument:
+    """A built CDA and the metadata an XDM entry needs."""
+
+    xml: bytes
+    format_code: str
+    title: str
+    type_code: tuple[str, str]  #: LOINC code and display name
+    unique_id: str  #: an OID (2.25.x, derived from the content)
+    creation_time: datetime
+    mime_type: str = "text/xml"
+
+
+@dataclass(frozen=True)
+class LabObservation:
+    code: str | None
+    label: str | None
+    value: str | None
+    unit: str | None
+    low: str | None
+    high: str | None
+    interpretation: str | None
+    comment: str | None = None
+
+
+@dataclass(frozen=True)
+class CdaContent:
+    """What :func:`read_cda` found in a CDA."""
+
+    document_id: str | None
+    title: str | None
+    type_code: str | None
+    effective_time: str | None
+    patient: Patient
+    author_name: str | None
+    media_type: str | None  #: of the nonXMLBody, None for a structured body
+    content: bytes | None  #: the decoded nonXMLBody
+    observations: tuple[LabObservation, ...]
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def cda_timestamp(moment: datetime) -> str:
+    """HL7 TS: ``YYYYMMDDHHMMSS+ZZZZ`` (a naive time is taken as UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.strftime("%Y%m%d%H%M%S%z")
+
+
+def _derived_oid(*parts: bytes) -> str:
+    """A stable OID under 2.25 (ITU-T X.667) derived from the content: no randomness."""
+    digest = hashlib.sha256(b"\x00".join(parts)).digest()
+    return f"2.25.{uuid.UUID(bytes=digest[:16], version=4).int}"
+
+
+def _el(parent: etree._Element, tag: str, text: str | None = None, **attrs: str) -> etree._Element:
+    el = etree.SubElement(parent, f"{{{HL7}}}{tag}", {k: v for k, v in attrs.items()})
+    if text is not None:
+        el.text = _xml_text(text)
+    return el
+
+
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
+def _xml_text(text: str) -> str:
+    """XML 1.0 cannot hold control characters or lone surrogates: they become U+FFFD."""
+    return _XML_INVALID.sub("\ufffd", text)
+
+
+def _header(
+    *,
+    patient: Patient,
+    author: Author,
+    title: str,
+    code: tuple[str, str],
+    effective_time: datetime,
+    document_id: str,
+) -> etree._Element:
+    nsmap: dict[str | None, str] = {None: HL7, "xsi": XSI}
+    root = etree.Element(f"{{{HL7}}}ClinicalDocument", nsmap=nsmap)  # type: ignore[arg-type]
+    _el(root, "realmCode", code="FR")
+    _el(root, "typeId", root="2.16.840.1.113883.1.3", extension="POCD_HD000040")
+    _el(root, "templateId", root="2.16.840.1.113883.2.8.2.1")  # HL7 France
+    _el(root, "templateId", root="1.2.250.1.213.1.1.1.1")  # CI-SIS common header
+    _el(root, "id", root=document_id)
+    _el(root, "code", code=code[0], codeSystem=LOINC, displayName=_xml_text(code[1]))
+    _el(root, "title", title)
+    ts = cda_timestamp(effective_time)
+    _el(root, "effectiveTime", value=ts)
+    _el(root, "confidentialityCode", code="N", codeSystem=CONFIDENTIALITY_OID)
+    _el(root, "languageCode", code="fr-FR")
+
+    role = _el(_el(root, "recordTarget"), "patientRole")
+    ins = patient.ins
+    if ins is not None:
+        _el(role, "id", root=INS_NIR_OID, extension=ins)
+    if patient.local_id:
+        _el(role, "id", root=patient.local_id_root, extension=_xml_text(patient.local_id))
+    if ins is None and not patient.local_id:
+        _el(role, "id", nullFlavor="UNK")
+    if patient.address:
+        addr = _el(role, "addr")
+        for line in patient.address:
+            _el(addr, "streetAddressLine", line)
+    person = _el(role, "patient")
+    name = _el(person, "name")
+    _el(name, "given", patient.first_name)
+    _el(name, "family", patient.last_name)
+    if patient.sex is not None:
+        _el(person, "administrativeGenderCode", code=patient.sex, codeSystem=GENDER_OID)
+    else:
+        _el(person, "administrativeGenderCode", code="UN", codeSystem=GENDER_OID)
+    if patient.birth_date is not None:
+        _el(person, "birthTime", value=patient.birth_date.strftime("%Y%m%d"))
+    else:
+        _el(person, "birthTime", nullFlavor="UNK")
+
+    auth = _el(root, "author")
+    _el(auth, "time", value=ts)
+    assigned = _el(auth, "assignedAuthor")
+    _el(assigned, "id", root=author.id_root, extension=_xml_text(author.id))
+    _el(_el(_el(assigned, "assignedPerson"), "name"), "family", author.name)
+    if author.organisation:
+        _el(_el(assigned, "representedOrganization"), "name", author.organisation)
+
+    custodian = _el(
+        _el(_el(root, "custodian"), "assignedCustodian"), "representedCustodianOrganization"
+    )
+    _el(custodian, "id", root=author.id_root, extension=_xml_text(author.id))
+    _el(custodian, "name", author.organisation or author.name)
+    return root
+
+
+def _serialise(root: etree._Element) -> bytes:
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
+
+
+def build_n1_cda(
+    *,
+    patient: Patient,
+    author: Author,
+    content: bytes,
+    media_type: str,
+    title: str,
+    effective_time: datetime,
+    code: tuple[str, str] = DEFAULT_N1_CODE,
+) -> CdaDocument:
+    """A "N1" CDA wrapping ``content`` (``text/plain`` UTF-8 or ``application/pdf``)."""
+    format_code = _FORMAT_FOR_MEDIA.get(media_type)
+    if format_code is None:
+        raise MalformedError("unsupported media type for a N1 CDA")
+    document_id = _derived_oid(b"n1", content, cda_timestamp(effective_time).encode())
+    root = _header(
+        patient=patient,
+        author=author,
+        title=title,
+        code=code,
+        effective_time=effective_time,
+        document_id=document_id,
+    )
+    body = _el(_el(root, "component"), "nonXMLBody")
+    text = _el(body, "text", mediaType=media_type, representation="B64")
+    text.text = base64.b64encode(content).decode("ascii")
+    return CdaDocument(
+        xml=_serialise(root),
+        format_code=format_code,
+        title=title,
+        type_code=code,
+        unique_id=document_id,
+        creation_time=effective_time,
+    )
+
+
+def _decimal(value: str | None) -> str | None:
+    """An HPRIM number ("3,2") as an HL7 REAL literal, or None when it is no number."""
+    if value is None:
+        return None
+    text = value.strip().replace(",", ".")
+    if re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)", text) is None:
+        return None
+    return text
+
+
+def _observation(section: etree._Element, res: LabResult, ts: str) -> None:
+    obs = _el(_el(section, "entry"), "observation", classCode="OBS", moodCode="EVN")
+    if res.code:
+        attrs = {"code": _xml_text(res.code), "codeSystem": LOCAL_LAB_CODE_SYSTEM}
+        if res.label:
+            attrs["displayName"] = _xml_text(res.label)
+        _el(obs, "code", **attrs)
+    else:
+        code = _el(obs, "code", nullFlavor="OTH")
+        if res.label:
+            _el(code, "originalText", res.label)
+    if res.comments:
+        _el(obs, "text", " ".join(res.comments))
+    _el(obs, "statusCode", code="completed")
+    _el(obs, "effectiveTime", value=ts)
+    unit = res.unit if res.unit and _UNIT.fullmatch(res.unit) else "1"
+    number = _decimal(res.value)
+    if number is not None:
+        _el(obs, "value", **{_XSI_TYPE: "PQ", "value": number, "unit": unit})
+    elif res.value is not None:
+        _el(obs, "value", res.value, **{_XSI_TYPE: "ST"})
+    if res.flag:
+        _el(obs, "interpretationCode", code=res.flag, codeSystem=INTERPRETATION_OID)
+    low, high = _decimal(res.low), _decimal(res.high)
+    if low is not None or high is not None:
+        rng = _el(_el(_el(obs, "referenceRange"), "observationRange"), "value")
+        rng.set(_XSI_TYPE, "IVL_PQ")
+        if low is not None:
+            _el(rng, "low", value=low, unit=unit)
+        if high is not None:
+            _el(rng, "high", value=high, unit=unit)
+
+
+def build_lab_cda(
+    *,
+    patient: Patient,
+    author: Author,
+    lab: LabBlock,
+    title: str,
+    effective_time: datetime,
+    code: tuple[str, str] = LAB_REPORT_CODE,
+) -> CdaDocument:
+    """A structured CDA with one observation per ``RES`` line (value, unit, reference range,
+    interpretation L/H/LL/HH/N) and a narrative table of the same results."""
+    ts = cda_timestamp(effective_time)
+    document_id = _derived_oid(
+        b"lab", "\n".join(lab.raw_lines).encode("utf-8", "replace"), ts.encode()
+    )
+    root = _header(
+        patient=patient,
+        author=author,
+        title=title,
+        code=code,
+        effective_time=effective_time,
+        document_id=document_id,
+    )
+    structured = _el(_el(root, "component"), "structuredBody")
+    section = _el(_el(structured, "component"), "section")
+    _el(section, "code", code="26436-6", codeSystem=LOINC, displayName="Laboratory studies")
+    _el(section, "title", "Résultats")
+    narrative = _el(section, "text")
+    table = _el(narrative, "table", border="1")
+    head = _el(_el(table, "thead"), "tr")
+    for label in ("Examen", "Résultat", "Unité", "Normales", "Indicateur"):
+        _el(head, "th", label)
+    tbody = _el(table, "tbody")
+    for res in lab.results:
+        row = _el(tbody, "tr")
+        for cell in (
+            res.label or res.code or "",
+            res.value or "",
+            res.unit or "",
+            " - ".join(v for v in (res.low, res.high) if v),
+            res.flag or "",
+        ):
+            _el(row, "td", cell)
+    for res in lab.results:
+        _observation(section, res, ts)
+    return CdaDocument(
+        xml=_serialise(root),
+        format_code=FORMAT_LAB,
+        title=title,
+        type_code=code,
+        unique_id=document_id,
+        creation_time=effective_time,
+    )
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def _itertext(el: etree._Element) -> str:
+    return "".join(t if isinstance(t, str) else t.decode("utf-8", "replace") for t in el.itertext())
+
+
+def _first(root: etree._Element, path: str) -> etree._Element | None:
+    found = root.find(path, NS)
+    return found
+
+
+def _attr(root: etree._Element, path: str, name: str) -> str | None:
+    el = _first(root, path)
+    if el is None:
+        return None
+    value = el.get(name)
+    return str(value) if value is not None else None
+
+
+def _text(root: etree._Element, path: str) -> str | None:
+    el = _first(root, path)
+    if el is None:
+        return None
+    return _itertext(el).strip() or None
+
+
+def _read_patient(root: etree._Element) -> Patient:
+    role = _first(root, "h:recordTarget/h:patientRole")
+    if role is None:
+        raise MalformedError("CDA without recordTarget/patientRole")
+    nir: str | None = None
+    local_id: str | None = None
+    local_root = LOCAL_PATIENT_ID_ROOT
+    for ident in role.findall("h:id", NS):
+        ext, oid = ident.get("extension"), ident.get("root")
+        if ext is None or oid is None:
+            continue
+        if oid == INS_NIR_OID and nir is None:
+            nir = str(ext)
+        elif local_id is None:
+            local_id, local_root = str(ext), str(oid)
+    sex = _attr(role, "h:patient/h:administrativeGenderCode", "code")
+    birth = _attr(role, "h:patient/h:birthTime", "value")
+    birth_date = None
+    if birth and len(birth) >= 8 and birth[:8].isdigit():
+        birth_date = parse_date(f"{birth[6:8]}/{birth[4:6]}/{birth[0:4]}")
+    address = tuple(
+        _itertext(line).strip() for line in role.findall("h:addr/h:streetAddressLine", NS)
+    )
+    return Patient(
+        last_name=_text(role, "h:patient/h:name/h:family") or "",
+        first_name=_text(role, "h:patient/h:name/h:given") or "",
+        birth_date=birth_date,
+        sex="M" if sex == "M" else "F" if sex == "F" else None,
+        nir=nir,
+        local_id=local_id,
+        local_id_root=local_root,
+        address=address,
+    )
+
+
+def _read_observations(root: etree._Element) -> tuple[LabObservation, ...]:
+    out = []
+    for obs in root.iterfind(".//h:entry/h:observation", NS):
+        value_el = _first(obs, "h:value")
+        value = unit = None
+        if value_el is not None:
+            value = value_el.get("value")
+            if value is None:
+                value = _itertext(value_el).strip() or None
+            unit = value_el.get("unit")
+        label = _attr(obs, "h:code", "displayName") or _text(obs, "h:code/h:originalText")
+        out.append(
+            LabObservation(
+                code=_attr(obs, "h:code", "code"),
+                label=label,
+                value=str(value) if value is not None else None,
+                unit=str(unit) if unit is not None and unit != "1" else None,
+                low=_attr(obs, "h:referenceRange/h:observationRange/h:value/h:low", "value"),
+                high=_attr(obs, "h:referenceRange/h:observationRange/h:value/h:high", "value"),
+                interpretation=_attr(obs, "h:interpretationCode", "code"),
+                comment=_text(obs, "h:text"),
+            )
+        )
+    return tuple(out)
+
+
+def read_cda(data: bytes, max_bytes: int = MAX_XML_BYTES) -> CdaContent:
+    """Read identity, text and observations from a CDA R2 document (hardened parser)."""
+    root = parse_xml(data, max_bytes)
+    if root.tag != f"{{{HL7}}}ClinicalDocument":
+        raise MalformedError("not a CDA R2 ClinicalDocument")
+    media_type: str | None = None
+    content: bytes | None = None
+    text_el = _first(root, "h:component/h:nonXMLBody/h:text")
+    if text_el is not None:
+        media = text_el.get("mediaType")
+        media_type = str(media) if media is not None else "text/plain"
+        raw = _itertext(text_el)
+        if text_el.get("representation") == "B64":
+            try:
+                content = base64.b64decode("".join(raw.split()), validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise MalformedError("CDA nonXMLBody is not valid base64") from exc
+        else:
+            content = raw.encode("utf-8", "replace")
+    return CdaContent(
+        document_id=_attr(root, "h:id", "root"),
+        title=_text(root, "h:title"),
+        type_code=_attr(root, "h:code", "code"),
+        effective_time=_attr(root, "h:effectiveTime", "value"),
+        patient=_read_patient(root),
+        author_name=_text(root, "h:author/h:assignedAuthor/h:assignedPerson/h:name"),
+        media_type=media_type,
+        content=content,
+        observations=_read_observations(root),
+    )
+
+
+def lab_results_of(observations: Iterable[LabObservation]) -> tuple[LabResult, ...]:
+    """Observations read back as HPRIM results (the other direction's raw material)."""
+    return tuple(
+        LabResult(
+            label=o.label,
+            code=o.code,
+            type="N" if _decimal(o.value) is not None else "A",
+            value=o.value,
+            unit=o.unit,
+            low=o.low,
+            high=o.high,
+            flag=o.interpretation if o.interpretation in ("L", "H", "LL", "HH", "N") else None,
+            comments=(o.comment,) if o.comment else (),
+        )
+        for o in observations
+    )

@@ -151,6 +151,7 @@ _COMMON_SIGNS = frozenset("’‘“”«»–—…€°²³±×·\u00a0§µ")
 _RARE_SIGNS = frozenset("ŽžŠšˆ‰‡†ƒ˜Ÿ‹›¦¤¨¯¸¬®©ª º¹¼½¾ÞþÐðÝý÷¿¡")
 
 _HIGH_BYTES = bytes(range(0x80, 0x100))
+_C1_BYTES = bytes(range(0x80, 0xA0))
 #: candidates in order of preference on equal scores
 _LATIN_CANDIDATES = ("cp1252", "mac_roman", "cp850")
 
@@ -295,7 +296,7 @@ def _detect_non_latin(data: bytes) -> tuple[str, str, float] | None:
 def _declared(data: bytes, codec: str) -> tuple[str, str] | None:
     if codec in ("latin_1", "iso8859_1"):
         # ISO-8859-1 has only C1 controls at 0x80-0x9F: a sender who used them meant 1252.
-        if any(0x80 <= b <= 0x9F for b in data):
+        if len(data.translate(None, _C1_BYTES)) != len(data):
             return decode_windows_1252(data), "cp1252"
         return data.decode("latin-1"), "latin_1"
     if codec.startswith(("utf_16", "utf_32")) and data and b"\x00" not in data:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import MISSING, SMTP
 from cryptography.hazmat.primitives import serialization
 
 from gateway import errors
@@ -326,3 +326,212 @@ async def test_real_postfix_sink_receives_in_clear_when_asked_directly(
         await asyncio.sleep(0.05)
     assert len(list(dump.iterdir())) == 1
     assert errors.OK.code == 250
+
+
+# --- DeliveryPool: the same verdicts over reused connections ---------------------------------
+
+
+class PoolSinkHandler(SinkHandler):
+    """The sink, with a settable reply to RSET (None: aiosmtpd's own 250)."""
+
+    rset_reply: str | None = None
+
+    async def handle_RSET(self, server: SMTP, session: Any, envelope: Any) -> Any:
+        return MISSING if self.rset_reply is None else self.rset_reply
+
+
+@dataclass
+class CountingSink:
+    port: int
+    connections: list[SMTP]
+    handler: PoolSinkHandler
+
+    def drop_all(self) -> None:
+        """The hop closes every connection (idle timeout, restart)."""
+        for session in self.connections:
+            if session.transport is not None:
+                session.transport.close()
+
+
+@contextlib.asynccontextmanager
+async def counting_sink(behaviour: SinkBehaviour, tls_files: TlsFiles,
+                        ) -> AsyncIterator[CountingSink]:
+    loop = asyncio.get_running_loop()
+    context = tls.server_context(tls_files.cert, tls_files.key)
+    connections: list[SMTP] = []
+    handler = PoolSinkHandler(behaviour)
+
+    def factory() -> SMTP:
+        session = SMTP(handler, hostname="sink.example", tls_context=context,
+                       require_starttls=True, loop=loop)
+        connections.append(session)
+        return session
+
+    server = await loop.create_server(factory, host="127.0.0.1", port=0)
+    try:
+        yield CountingSink(int(server.sockets[0].getsockname()[1]), connections, handler)
+    finally:
+        server.close()
+
+
+async def test_pool_reuses_one_connection_and_bytes_arrive(tls_files: TlsFiles) -> None:
+    b = SinkBehaviour()
+    async with counting_sink(b, tls_files) as s:
+        pool = smtp_out.DeliveryPool(hop(tls_files, s.port))
+        for i in range(5):
+            reply = await pool.deliver(f"a{i}@x.example", ["b@y.example"], MESSAGE)
+            assert reply.code == 250 and "ABC123" in reply.text
+        assert pool.opened == 1 and len(s.connections) == 1
+        await pool.close()
+        assert pool.idle == 0
+    assert b.received == [(f"a{i}@x.example", ["b@y.example"], MESSAGE) for i in range(5)]
+    assert b.seen_tls == [True] * 5
+
+
+async def test_pool_verdicts_match_deliver_on_a_reused_connection(tls_files: TlsFiles) -> None:
+    """Refusals mirrored as by ``deliver``; the next message starts from a clean state."""
+    b = SinkBehaviour()
+    async with counting_sink(b, tls_files) as s:
+        pool = smtp_out.DeliveryPool(hop(tls_files, s.port))
+        assert (await pool.deliver("a@x.example", ["b@y.example"], MESSAGE)).code == 250
+        b.rcpt_reply = {"c@y.example": "550 5.1.1 no such user"}
+        reply = await pool.deliver("a@x.example", ["b@y.example", "c@y.example"], MESSAGE)
+        assert (reply.code, reply.status) == (550, "5.1.1")
+        b.rcpt_reply = {"c@y.example": "452 4.2.2 mailbox full"}
+        reply = await pool.deliver("a@x.example", ["b@y.example", "c@y.example"], MESSAGE)
+        assert reply.code == 451
+        b.rcpt_reply = {}
+        b.data_reply = "554 5.7.1 <b@y.example> rejected"
+        reply = await pool.deliver("a@x.example", ["b@y.example"], MESSAGE)
+        assert (reply.code, reply.status) == (554, "5.7.1") and "b@y.example" not in reply.text
+        b.data_reply = "451 4.3.0 try later"
+        assert await pool.deliver("a@x.example", ["b@y.example"], MESSAGE) \
+            == smtp_out.NEXT_HOP_DEFERRED
+        b.data_reply = None
+        reply = await pool.deliver("z@x.example", ["d@y.example"], MESSAGE)
+        assert reply.code == 250
+        assert pool.opened == 1
+        await pool.close()
+    # All or nothing, and no recipient left over from a refused transaction.
+    assert b.received == [("a@x.example", ["b@y.example"], MESSAGE),
+                          ("z@x.example", ["d@y.example"], MESSAGE)]
+
+
+async def test_pool_replaces_a_connection_the_hop_closed(tls_files: TlsFiles) -> None:
+    b = SinkBehaviour()
+    async with counting_sink(b, tls_files) as s:
+        pool = smtp_out.DeliveryPool(hop(tls_files, s.port))
+        assert (await pool.deliver("a@x.example", ["b@y.example"], MESSAGE)).code == 250
+        s.drop_all()
+        await asyncio.sleep(0.05)
+        assert (await pool.deliver("a@x.example", ["b@y.example"], MESSAGE)).code == 250
+        assert pool.opened == 2
+        await pool.close()
+    assert len(b.received) == 2
+
+
+async def test_pool_replaces_a_connection_that_fails_rset(tls_files: TlsFiles) -> None:
+    """A connection whose RSET is not answered 250 is closed; the message goes on a new one."""
+    b = SinkBehaviour()
+    async with counting_sink(b, tls_files) as s:
+        pool = smtp_out.DeliveryPool(hop(tls_files, s.port))
+        assert (await pool.deliver("a@x.example", ["b@y.example"], MESSAGE)).code == 250
+        s.handler.rset_reply = "503 5.5.1 out of step"
+        assert (await pool.deliver("a@x.example", ["b@y.example"], MESSAGE)).code == 250
+        assert s.connections[0].transport is None or s.connections[0].transport.is_closing()
+        assert pool.opened == 2
+        await pool.close()
+    assert len(b.received) == 2
+
+
+async def test_pool_never_reuses_after_a_failure(tls_files: TlsFiles) -> None:
+    b = SinkBehaviour(drop_at_data=True)
+    async with counting_sink(b, tls_files) as s:
+        pool = smtp_out.DeliveryPool(hop(tls_files, s.port))
+        reply = await pool.deliver("a@x.example", ["b@y.example"], MESSAGE)
+        assert reply.code == 451 and reply.transient
+        assert pool.idle == 0
+        b.drop_at_data = False
+        b.hang_at_data = True
+        quick = smtp_out.DeliveryPool(hop(tls_files, s.port, timeout=0.5))
+        assert await quick.deliver("a@x.example", ["b@y.example"], MESSAGE) \
+            == smtp_out.NEXT_HOP_TIMEOUT
+        assert quick.idle == 0
+        b.hang_at_data = False
+        assert (await pool.deliver("a@x.example", ["b@y.example"], MESSAGE)).code == 250
+        assert pool.opened == 2
+        await pool.close()
+        await quick.close()
+    assert len(b.received) == 1
+
+
+async def test_pool_cancelled_mid_transaction_closes_the_connection(tls_files: TlsFiles) -> None:
+    b = SinkBehaviour(hang_at_data=True)
+    async with counting_sink(b, tls_files) as s:
+        pool = smtp_out.DeliveryPool(hop(tls_files, s.port))
+        task = asyncio.create_task(pool.deliver("a@x.example", ["b@y.example"], MESSAGE))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert pool.idle == 0
+        await pool.close()
+    assert b.received == []
+
+
+async def test_pool_retires_connections_by_age_and_count(tls_files: TlsFiles) -> None:
+    now = [0.0]
+    b = SinkBehaviour()
+    async with counting_sink(b, tls_files) as s:
+        pool = smtp_out.DeliveryPool(hop(tls_files, s.port), max_messages=2, idle_seconds=10,
+                                     clock=lambda: now[0])
+        for _ in range(4):  # two per connection
+            assert (await pool.deliver("a@x.example", ["b@y.example"], MESSAGE)).code == 250
+        assert pool.opened == 2
+        now[0] += 11  # idle too long: not reused
+        assert (await pool.deliver("a@x.example", ["b@y.example"], MESSAGE)).code == 250
+        assert pool.opened == 3
+        await pool.close()
+        await asyncio.sleep(0.05)
+        assert all(c.transport is None or c.transport.is_closing() for c in s.connections)
+    assert len(b.received) == 5
+
+
+async def test_pool_concurrent_messages_use_separate_connections(tls_files: TlsFiles) -> None:
+    b = SinkBehaviour()
+    async with counting_sink(b, tls_files) as s:
+        pool = smtp_out.DeliveryPool(hop(tls_files, s.port), max_idle=2)
+        for _ in range(2):
+            replies = await asyncio.gather(*(
+                pool.deliver(f"a{i}@x.example", [f"b{i}@y.example"], MESSAGE + f"{i}\r\n".encode())
+                for i in range(4)))
+            assert [r.code for r in replies] == [250] * 4
+        assert pool.idle <= 2
+        assert 4 <= pool.opened <= 6  # 4 at once, then at most 2 kept
+        await pool.close()
+    assert sorted(b.received) == sorted(
+        [(f"a{i}@x.example", [f"b{i}@y.example"], MESSAGE + f"{i}\r\n".encode())
+         for i in range(4)] * 2)
+
+
+@pytest.mark.parametrize("case", ["refused", "untrusted", "no_starttls"])
+async def test_pool_connection_failures_are_deliver_replies(tls_files: TlsFiles,
+                                                            case: str) -> None:
+    b = SinkBehaviour()
+    cert, key = {"refused": (None, None), "untrusted": (tls_files.rogue_cert, tls_files.rogue_key),
+                 "no_starttls": (None, None)}[case]
+    if case == "refused":
+        pool = smtp_out.DeliveryPool(hop(tls_files, free_port()))
+        assert await pool.deliver("a@x.example", ["b@y.example"], MESSAGE) \
+            == smtp_out.NEXT_HOP_UNREACHABLE
+        return
+    async with sink(b, cert=cert, key=key) as port:
+        pool = smtp_out.DeliveryPool(hop(tls_files, port))
+        for _ in range(2):
+            assert await pool.deliver("a@x.example", ["b@y.example"], MESSAGE) \
+                == smtp_out.NEXT_HOP_NO_TLS
+        assert pool.idle == 0
+        await pool.close()
+    assert b.received == [] and b.seen_tls == []
+    assert await smtp_out.DeliveryPool(hop(tls_files, 1)).deliver("a", [], MESSAGE) \
+        == errors.LOCAL_ERROR

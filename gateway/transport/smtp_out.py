@@ -16,6 +16,11 @@ ever sent in clear or half-sent. Hence:
   Downstream ``5xx``: the same code and enhanced status, text ``Next hop refused: ...`` made
   ASCII, without addresses (the sender knows only the alias) and at most 200 characters.
 * ``deliver`` never raises; the cause goes to the log (types and codes only, never content).
+* ``DeliveryPool`` keeps the same rules over reused connections: a connection goes back to the
+  pool only after a transaction that ended with a reply to every command; it is checked with
+  ``RSET`` before its next transaction (a connection that does not answer ``250`` is closed and
+  another one is used); any exception, timeout or cancellation closes it. Connections are
+  retired after ``max_messages`` transactions or ``idle_seconds`` unused.
 
 The message bytes go through ``SMTP.data`` unchanged except what SMTP itself imposes: line
 endings become CRLF and leading dots are doubled. Content should already be CRLF.
@@ -28,7 +33,7 @@ import contextlib
 import re
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -103,14 +108,27 @@ def _body_options(smtp: aiosmtplib.SMTP, raw: bytes) -> list[str]:
 async def _transaction(hop: NextHop, mail_from: str, rcpts: Sequence[str], raw: bytes,
                        smtp: aiosmtplib.SMTP) -> tuple[Reply, str]:
     """One transaction; returns the reply and a short cause for the log."""
+    if not await _open(hop, smtp):
+        return NEXT_HOP_NO_TLS, "not encrypted after STARTTLS"
+    return await _mail(mail_from, rcpts, raw, smtp)
+
+
+async def _open(hop: NextHop, smtp: aiosmtplib.SMTP) -> bool:
+    """Connect, STARTTLS, EHLO again; False if the transport is not encrypted after all."""
     await smtp.connect()
     # Mandatory: ``starttls`` raises if the hop does not offer it or the handshake fails.
     await smtp.starttls(server_hostname=hop.tls_server_name or hop.host,
                         tls_context=hop.ssl_context)
     # Belt and braces: never let a MAIL go out on a connection that is not encrypted.
     if smtp.get_transport_info("sslcontext") is None:
-        return NEXT_HOP_NO_TLS, "not encrypted after STARTTLS"
+        return False
     await smtp.ehlo()
+    return True
+
+
+async def _mail(mail_from: str, rcpts: Sequence[str], raw: bytes,
+                smtp: aiosmtplib.SMTP) -> tuple[Reply, str]:
+    """MAIL, every RCPT, DATA on an open encrypted connection: the reply and a cause."""
     try:
         await smtp.mail(mail_from, options=_body_options(smtp, raw))
     except aiosmtplib.SMTPSenderRefused as exc:
@@ -188,3 +206,143 @@ async def deliver(hop: NextHop, mail_from: str, rcpts: Sequence[str], raw: bytes
              status=reply.status, cause=cause, recipients=len(rcpts), size=len(raw),
              duration_ms=round((time.perf_counter() - started) * 1000, 1))
     return reply
+
+
+def _client(hop: NextHop) -> aiosmtplib.SMTP:
+    return aiosmtplib.SMTP(hostname=hop.host, port=hop.port, timeout=hop.timeout_seconds,
+                           local_hostname=hop.local_hostname, start_tls=False,
+                           tls_context=hop.ssl_context)
+
+
+@dataclass
+class _Connection:
+    smtp: aiosmtplib.SMTP
+    transactions: int = 0
+    idle_since: float = 0.0
+
+
+class DeliveryPool:
+    """``deliver`` over reused TLS connections to one next hop (same replies, same rules).
+
+    Saves the TCP and TLS handshakes and two EHLOs per message. Not thread-safe: one pool per
+    event loop. ``close`` ends the idle connections politely (QUIT).
+    """
+
+    def __init__(self, hop: NextHop, *, max_idle: int = 32, max_messages: int = 100,
+                 idle_seconds: float = 30.0, clock: Callable[[], float] = time.monotonic,
+                 ) -> None:
+        self.hop = hop
+        self.max_idle = max_idle
+        self.max_messages = max_messages
+        self.idle_seconds = idle_seconds
+        self.clock = clock
+        self._idle: list[_Connection] = []  # most recently used last
+        self._closing: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.opened = 0  # connections opened so far (tests, stats)
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    async def deliver(self, mail_from: str, rcpts: Sequence[str], raw: bytes) -> Reply:
+        """Send ``raw`` to ``rcpts``; the reply to give our own sender. Never raises."""
+        if not rcpts:
+            return LOCAL_ERROR
+        hop = self.hop
+        started = time.perf_counter()
+        connection: _Connection | None = None
+        reused = False
+        try:
+            async with asyncio.timeout(hop.timeout_seconds):
+                connection, reused = await self._acquire()
+                if connection is None:
+                    reply, cause = NEXT_HOP_NO_TLS, "not encrypted after STARTTLS"
+                else:
+                    reply, cause = await _mail(mail_from, rcpts, raw, connection.smtp)
+        except asyncio.CancelledError:
+            if connection is not None:
+                connection.smtp.close()
+            raise
+        except Exception as exc:  # the verdict is a reply; the cause goes to the log
+            if connection is not None:  # unknown state: never reused
+                connection.smtp.close()
+                connection = None
+            reply, cause = _failure(exc)
+            log.info("deliver.failed", host=hop.host, port=hop.port, error=type(exc).__name__,
+                     cause=cause, reply=reply.code, reused=reused)
+        if connection is not None:
+            connection.transactions += 1
+            self._release(connection)
+        log.info("deliver.result", host=hop.host, port=hop.port, reply=reply.code,
+                 status=reply.status, cause=cause, recipients=len(rcpts), size=len(raw),
+                 reused=reused, duration_ms=round((time.perf_counter() - started) * 1000, 1))
+        return reply
+
+    async def _acquire(self) -> tuple[_Connection | None, bool]:
+        """An idle connection that answered RSET, or a new one (None: not encrypted)."""
+        while self._idle:
+            connection = self._idle.pop()
+            if (not connection.smtp.is_connected
+                    or self.clock() - connection.idle_since > self.idle_seconds):
+                self._retire(connection)
+                continue
+            try:
+                await connection.smtp.rset(timeout=min(5.0, self.hop.timeout_seconds))
+            except asyncio.CancelledError:
+                connection.smtp.close()
+                raise
+            except Exception:  # closed by the hop meanwhile, or out of step: not reused
+                connection.smtp.close()
+                continue
+            return connection, True
+        smtp = _client(self.hop)
+        self.opened += 1
+        try:
+            encrypted = await _open(self.hop, smtp)
+        except BaseException:
+            smtp.close()
+            raise
+        if not encrypted:
+            self._quit_later(smtp)
+            return None, False
+        return _Connection(smtp), False
+
+    def _release(self, connection: _Connection) -> None:
+        if (self._closed or not connection.smtp.is_connected
+                or connection.transactions >= self.max_messages
+                or len(self._idle) >= self.max_idle):
+            self._retire(connection)
+            return
+        connection.idle_since = self.clock()
+        self._idle.append(connection)
+        # Retire the ones idle too long (the oldest are first).
+        now = self.clock()
+        while self._idle and now - self._idle[0].idle_since > self.idle_seconds:
+            self._retire(self._idle.pop(0))
+
+    def _retire(self, connection: _Connection) -> None:
+        self._quit_later(connection.smtp)
+
+    def _quit_later(self, smtp: aiosmtplib.SMTP) -> None:
+        if not smtp.is_connected:
+            smtp.close()
+            return
+        task = asyncio.get_running_loop().create_task(self._quit(smtp))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _quit(self, smtp: aiosmtplib.SMTP) -> None:
+        try:
+            async with asyncio.timeout(min(5.0, self.hop.timeout_seconds)):
+                await smtp.quit()
+        except Exception:  # QUIT is a courtesy
+            smtp.close()
+
+    async def close(self) -> None:
+        """Stop pooling; QUIT the idle connections (those in use close after their message)."""
+        self._closed = True
+        while self._idle:
+            self._retire(self._idle.pop())
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)

@@ -31,6 +31,7 @@ from gateway.app import Gateway
 from gateway.config import load_config
 from gateway.devpki import alias_of, init_pki, user_identity
 from gateway.obs import configure_logging
+from gateway.smime.trust import TrustStore
 from gateway.smime.unwrap import seal, unwrap
 from gateway.translate.context import build_runtime
 
@@ -118,10 +119,7 @@ async def _send(port: int, cafile: Path, sender: str, rcpt: str, raw: bytes) -> 
 
 
 def _show(style: Style, out: Callable[[str], None], root: Path, recipient: str,
-          network: str, raw: bytes, runtime_store: object) -> None:
-    from gateway.smime.trust import TrustStore
-
-    assert isinstance(runtime_store, TrustStore)
+          network: str, raw: bytes, runtime_store: TrustStore) -> None:
     identity = user_identity(root, recipient)
     # The relayed message is signed by the gateway (named in its Sender header), not by the
     # author named in From: check the signature, then show who signed.

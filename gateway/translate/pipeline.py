@@ -9,6 +9,7 @@ content exists only in the locals of one call.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email.header
 import email.utils
@@ -172,10 +173,10 @@ def translate(
         headers.append(("Date", email.utils.format_datetime(at)))
     dnt = outer.get("Disposition-Notification-To")
     if dnt is not None:
-        try:
-            headers.append(("Disposition-Notification-To", f"<{map_sender(_single_address(dnt))}>"))
-        except errors.GatewayError:
-            pass  # an MDN request we cannot route back is dropped, not fatal
+        # an MDN request we cannot route back is dropped, not fatal
+        with contextlib.suppress(errors.GatewayError):
+            headers.append(("Disposition-Notification-To",
+                            f"<{map_sender(_single_address(dnt))}>"))
     headers.extend(normalised.headers)
     headers.append(("MIME-Version", "1.0"))
 

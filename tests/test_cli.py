@@ -1,0 +1,133 @@
+"""The operator's commands as subprocesses: pki init, check-config, translate, inspect."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.messages import Pki, open_as_recipient, text_entity, user_message
+
+JEAN = "jean.dupont@medical59.apicrypt.org"
+MARIE = "marie.curie@hopital-test.mssante.fr"
+MARIE_ON_APICRYPT = "marie.curie.mssante@passerelle.apicrypt.org"
+
+
+def gateway(*args: str | Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "gateway", *map(str, args)], input=stdin,
+                          capture_output=True, timeout=60, check=False)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    root = tmp_path_factory.mktemp("cli") / "pki"
+    proc = gateway("pki", "init", root)
+    assert proc.returncode == 0, proc.stderr
+    assert b"gateway.toml" in proc.stdout
+    return Pki(root)
+
+
+def test_pki_init_refuses_to_overwrite(pki: Pki) -> None:
+    proc = gateway("pki", "init", pki.root)
+    assert proc.returncode == 2
+    assert b"error:" in proc.stderr
+
+
+def test_check_config_accepts_the_generated_config(pki: Pki) -> None:
+    proc = gateway("check-config", pki.config)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith(b"OK")
+
+
+def test_check_config_reports_every_problem_with_file_and_key(pki: Pki, tmp_path: Path) -> None:
+    text = pki.config.read_text()
+    broken = tmp_path / "broken.toml"
+    text = text.replace('smime_key = "apicrypt/gateway.key"',
+                        'smime_key = "mssante/gateway.key"')  # key of another certificate
+    text = text.replace('directory = "mssante/users"', 'directory = "mssante/nowhere"')
+    text = text.replace('domains = ["*.apicrypt.org"]', 'domains = ["*.apicrypt.org", "a@b"]')
+    text = text.replace("[networks.mssante]", "[networks.other]\nrelay = \"x\"\n\n"
+                        "[networks.mssante]")
+    broken.write_text(text.replace('"apicrypt/', f'"{pki.root}/apicrypt/')
+                      .replace('"mssante/', f'"{pki.root}/mssante/')
+                      .replace('"pseudonym.key"', f'"{pki.root}/pseudonym.key"'))
+    proc = gateway("check-config", broken)
+    assert proc.returncode == 2
+    err = proc.stderr.decode()
+    assert "networks.apicrypt.smime_key" in err
+    assert "networks.mssante.directory" in err
+    assert "networks.apicrypt.domains" in err
+    assert "networks.other" in err
+    assert str(broken) in err
+    assert "PRIVATE KEY" not in err
+
+
+def test_translate_reseals_for_the_recipient(pki: Pki, tmp_path: Path) -> None:
+    raw = user_message(pki, JEAN, MARIE_ON_APICRYPT, text_entity("Kaliémie 5,9 mmol/L\n"))
+    src = tmp_path / "in.eml"
+    src.write_bytes(raw)
+    proc = gateway("translate", "--config", pki.config, "--from", "apicrypt", src)
+    assert proc.returncode == 0, proc.stderr
+    opened = open_as_recipient(pki, MARIE, proc.stdout)
+    assert "Kaliémie 5,9".encode("iso-8859-1") in opened.content
+    assert b"smime=pass" in opened.headers
+
+
+def test_translate_failure_is_one_line_with_the_reply(pki: Pki, tmp_path: Path) -> None:
+    raw = user_message(pki, JEAN, MARIE_ON_APICRYPT, text_entity("x\n"),
+                       signer="labo.biolille@labo59.apicrypt.org")
+    src = tmp_path / "forged.eml"
+    src.write_bytes(raw)
+    proc = gateway("translate", "--config", pki.config, "--from", "apicrypt", src)
+    assert proc.returncode == 1
+    assert proc.stdout == b""
+    lines = proc.stderr.decode().strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("refused: 550 5.7.7")
+    assert "SignerMismatch" in lines[0]
+
+
+def test_inspect_reports_layers_and_signer(pki: Pki) -> None:
+    raw = user_message(pki, JEAN, MARIE_ON_APICRYPT, text_entity("x\n"))
+    proc = gateway("inspect", "--config", pki.config, "-", stdin=raw)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["relayable"] is True
+    assert report["source"] == "apicrypt"
+    assert [layer["kind"] for layer in report["layers"]] == ["enveloped", "signed-detached"]
+    assert report["layers"][1]["signature"] == "pass"
+    assert JEAN in report["layers"][1]["signer"]["addresses"]
+    assert report["problems"] == []
+
+
+def test_inspect_of_a_revoked_signer_says_why(pki: Pki) -> None:
+    sender = "revoque@medical59.apicrypt.org"
+    raw = user_message(pki, sender, MARIE_ON_APICRYPT, text_entity("x\n"))
+    proc = gateway("inspect", "--config", pki.config, "-", stdin=raw)
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    assert report["relayable"] is False
+    [problem] = report["problems"]
+    assert problem["error"] == "RevokedSigner"
+    assert problem["reply"].startswith("550 5.7.7")
+    # the decryption layer was opened before the signature failed, and the report says so
+    assert report["layers"][0]["kind"] == "enveloped"
+
+
+def test_inspect_of_clear_mail(pki: Pki) -> None:
+    raw = f"From: {JEAN}\r\nTo: {MARIE_ON_APICRYPT}\r\n\r\nbonjour\r\n".encode()
+    proc = gateway("inspect", "--config", pki.config, "-", stdin=raw)
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    assert report["problems"][0]["error"] == "NotEncrypted"
+    assert report["problems"][0]["reply"].startswith("550 5.7.5")
+
+
+def test_help_lists_every_command() -> None:
+    proc = gateway("--help")
+    assert proc.returncode == 0
+    for command in (b"run", b"demo", b"translate", b"inspect", b"pki", b"check-config"):
+        assert command in proc.stdout

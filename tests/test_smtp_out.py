@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import shutil
 import socket
 import subprocess
@@ -17,6 +18,8 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import MISSING, SMTP
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway import errors
 from gateway.smime import certgen
@@ -535,3 +538,37 @@ async def test_pool_connection_failures_are_deliver_replies(tls_files: TlsFiles,
     assert b.received == [] and b.seen_tls == []
     assert await smtp_out.DeliveryPool(hop(tls_files, 1)).deliver("a", [], MESSAGE) \
         == errors.LOCAL_ERROR
+
+
+# --- the listener's fast paths (gateway.transport.smtp_in) ------------------------------------
+
+_LOOKAROUND = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b".", b"\r\r\n", b"\n\r"]),
+                max_size=30))
+def test_bare_newline_check_agrees_with_the_lookaround(parts: list[bytes]) -> None:
+    from gateway.transport.smtp_in import has_bare_cr_or_lf
+
+    content = b"".join(parts)
+    assert has_bare_cr_or_lf(content) == bool(_LOOKAROUND.search(content))
+
+
+def test_cached_address_parsing_is_aiosmtpd_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.transport import smtp_in
+
+    monkeypatch.setattr(smtp_in, "_ADDRESS_CACHE_SIZE", 3)
+    monkeypatch.setattr(smtp_in, "_addresses", {})
+    session = SMTP(SinkHandler(SinkBehaviour()))
+    ours = smtp_in._Session.__new__(smtp_in._Session)
+    args = ["<a@b.example>", "FROM:<a@b.example>", "<a@b.example> SIZE=10", "a@b.example",
+            "<bad", "<\"q u\"@b.example>", "", "<" + "l" * 70 + "@b.example>", "<@x:a@b>",
+            "<a@b.example>" + " " * 600]
+    for limit in (64, 0):
+        session.local_part_limit = limit
+        ours.local_part_limit = limit
+        for arg in args * 2:
+            assert ours._getaddr(arg) == session._getaddr(arg)
+            assert len(smtp_in._addresses) <= 3
+    assert all(len(arg) <= smtp_in._ADDRESS_CACHE_MAX_ARG for arg, _ in smtp_in._addresses)

@@ -79,7 +79,21 @@ _LIBRARY_REPLIES: dict[str, Reply] = {
     "553 5.1.3 Error: malformed address": MALFORMED_ADDRESS,
 }
 
-_BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_CRLF = b"\r\n"
+# Parsed MAIL/RCPT arguments (aiosmtpd's parser builds a class per call): few distinct values.
+_ADDRESS_CACHE_SIZE = 4096
+_ADDRESS_CACHE_MAX_ARG = 512
+_addresses: dict[tuple[str, int], tuple[str | None, str | None]] = {}
+
+
+def has_bare_cr_or_lf(content: bytes) -> bool:
+    """True if a CR is not followed by LF or a LF not preceded by CR.
+
+    Every CRLF holds one CR and one LF, so there is none bare exactly when the three counts
+    agree (``bytes.count`` is a C scan: ~50 times cheaper than a look-around regex).
+    """
+    pairs = content.count(_CRLF)
+    return content.count(b"\r") != pairs or content.count(b"\n") != pairs
 _PRINTABLE_REPLY = re.compile(r"[2-5]\d\d [2-5]\.\d{1,3}\.\d{1,3} [\x20-\x7e]{1,400}")
 
 
@@ -297,7 +311,7 @@ class _Handler:
         if b"\0" in content:
             bound.warning("mail.refused", stage="DATA", error="NulCharacter", reply=550)
             return _render(NUL_NOT_ALLOWED)
-        if _BARE_CR_OR_LF.search(content):
+        if has_bare_cr_or_lf(content):
             bound.warning("mail.refused", stage="DATA", error="BareNewline", reply=550)
             return _render(BARE_NEWLINE)
         message = InboundMessage(
@@ -375,6 +389,19 @@ class _Session(SMTP):
 
     def _create_envelope(self) -> _Envelope:
         return _Envelope()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # The same result as aiosmtpd's (a pure function of the argument and the limit),
+        # remembered: its parser costs ~0.15 ms a command. Bounded; long arguments not kept.
+        key = (arg, self.local_part_limit)
+        known = _addresses.get(key)
+        if known is None:
+            known = super()._getaddr(arg)
+            if len(arg) <= _ADDRESS_CACHE_MAX_ARG:
+                if len(_addresses) >= _ADDRESS_CACHE_SIZE:
+                    _addresses.clear()
+                _addresses[key] = known
+        return known
 
     def connection_made(self, transport: Any) -> None:
         if self.transport is None and self._original_transport is None:  # not the TLS upgrade

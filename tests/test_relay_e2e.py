@@ -6,9 +6,11 @@ recipient's key. Then the next hop misbehaves and the sender must never be told 
 from __future__ import annotations
 
 import asyncio
+import os
 import smtplib
 import socket
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,3 +201,35 @@ async def test_refusals_at_the_envelope_and_at_data(rig: Rig) -> None:
     code, text = await send(rig, JEAN, "revoque.mssante@passerelle.apicrypt.org", raw)
     assert code == 550
     assert rig.sinks["mssante"].received == []
+
+
+_WRITES: list[str] = []
+_WATCHING = [False]
+
+
+def _audit(event: str, args: tuple[object, ...]) -> None:
+    if not _WATCHING[0] or event != "open":
+        return
+    path, mode, flags = (args + (None, None, None))[:3]
+    writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+        isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+    if writing:
+        _WRITES.append(str(path))
+
+
+async def test_nothing_is_opened_for_writing_during_relays(rig: Rig) -> None:
+    """DESIGN §2: no spool, no temp file. Watch every open() of the process while relaying."""
+    raws = [user_message(rig.pki, JEAN, MARIE_ON_APICRYPT, text_entity(f"INR {i}\n"),
+                         message_id=f"<disk-{i}@test>") for i in range(3)]
+    back = user_message(rig.pki, MARIE, JEAN_ON_MSSANTE, text_entity("ok\n", "utf-8"))
+    sys.addaudithook(_audit)
+    _WRITES.clear()
+    _WATCHING[0] = True
+    try:
+        for raw in raws:
+            assert (await send(rig, JEAN, MARIE_ON_APICRYPT, raw))[0] == 250
+        assert (await send(rig, MARIE, JEAN_ON_MSSANTE, back))[0] == 250
+    finally:
+        _WATCHING[0] = False
+    assert len(rig.sinks["mssante"].received) == 3
+    assert _WRITES == []

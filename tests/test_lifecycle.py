@@ -1,0 +1,180 @@
+"""``gateway run`` as an operator runs it: a process, its signals, its logs, its limits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway.devpki import init_pki
+from tests.messages import Pki, open_as_recipient, text_entity, user_message
+
+JEAN = "jean.dupont@medical59.apicrypt.org"
+MARIE = "marie.curie@hopital-test.mssante.fr"
+MARIE_ON_APICRYPT = "marie.curie.mssante@passerelle.apicrypt.org"
+PATIENT = "BERTHELOT"
+SECRET_TEXT = "Hyperkaliémie sévère"
+SUBJECT = "Résultat confidentiel Berthelot"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class SlowSink:
+    delay: float = 0.0
+    received: list[bytes] = field(default_factory=list)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        import asyncio
+
+        await asyncio.sleep(self.delay)
+        self.received.append(bytes(envelope.original_content or b""))
+        return "250 2.0.0 ok"
+
+
+@dataclass
+class Running:
+    pki: Pki
+    port: int
+    proc: subprocess.Popen[bytes]
+    sink: SlowSink
+    log_path: Path
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(200):
+        if proc.poll() is not None:
+            raise AssertionError(f"gateway exited early with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("gateway did not listen")
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    ports = {k: free_port() for k in ("a_in", "a_out", "m_in", "m_out")}
+    init_pki(tmp_path / "pki", apicrypt_port=ports["a_in"], apicrypt_relay_port=ports["a_out"],
+             mssante_port=ports["m_in"], mssante_relay_port=ports["m_out"])
+    pki = Pki(tmp_path / "pki")
+    sink = SlowSink()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pki.root / "mssante/next-hop-tls.pem",
+                        pki.root / "mssante/next-hop-tls.key")
+    controller = Controller(sink, hostname="127.0.0.1", port=ports["m_out"],
+                            tls_context=ctx, require_starttls=True)
+    controller.start()
+    log_path = tmp_path / "gateway.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config",
+                                 str(pki.config)], stderr=log, stdout=log)
+    try:
+        _wait_port(ports["a_in"], proc)
+        yield Running(pki, ports["a_in"], proc, sink, log_path)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        controller.stop()
+
+
+def _send(run: Running, raw: bytes, result: list[tuple[int, bytes]]) -> None:
+    ctx = ssl.create_default_context(cafile=str(run.pki.ca_file("apicrypt")))
+    ctx.check_hostname = False
+    try:
+        with smtplib.SMTP("127.0.0.1", run.port, timeout=30) as client:
+            client.starttls(context=ctx)
+            client.ehlo("client.test")
+            assert client.mail(JEAN)[0] == 250
+            assert client.rcpt(MARIE_ON_APICRYPT)[0] == 250
+            result.append(client.data(raw))
+    except (smtplib.SMTPException, OSError) as exc:
+        result.append((-1, str(exc).encode()))
+
+
+def _message(run: Running, n: int) -> bytes:
+    return user_message(run.pki, JEAN, MARIE_ON_APICRYPT,
+                        text_entity(f"Patient {PATIENT}: {SECRET_TEXT} (K+ 6,{n})\n"),
+                        subject=SUBJECT, message_id=f"<life-{n}@test>")
+
+
+def test_sigterm_drains_in_flight_then_exits_zero(running: Running) -> None:
+    running.sink.delay = 1.5  # the next hop is slow: the message is in flight when we stop
+    result: list[tuple[int, bytes]] = []
+    sender = threading.Thread(target=_send, args=(running, _message(running, 1), result))
+    sender.start()
+    time.sleep(0.8)
+    running.proc.send_signal(signal.SIGTERM)
+    sender.join(30)
+    assert running.proc.wait(30) == 0
+    assert result == [(250, result[0][1])]  # answered 250 only after the sink accepted it
+    assert len(running.sink.received) == 1
+    opened = open_as_recipient(running.pki, MARIE, running.sink.received[0])
+    assert PATIENT.encode() in opened.content
+    # it no longer accepts
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", running.port), 1):
+        pass
+
+
+def test_second_signal_exits_at_once_without_reporting_delivery(running: Running) -> None:
+    running.sink.delay = 20
+    result: list[tuple[int, bytes]] = []
+    sender = threading.Thread(target=_send, args=(running, _message(running, 2), result))
+    sender.start()
+    time.sleep(0.8)
+    running.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    running.proc.send_signal(signal.SIGTERM)
+    assert running.proc.wait(10) != 0
+    sender.join(30)
+    assert result and result[0][0] != 250  # the sender keeps the message and will retry
+
+
+def test_logs_are_json_traces_without_message_content(running: Running) -> None:
+    for n in range(3):
+        result: list[tuple[int, bytes]] = []
+        _send(running, _message(running, n), result)
+        assert result[0][0] == 250
+    running.proc.send_signal(signal.SIGTERM)
+    assert running.proc.wait(30) == 0
+    text = running.log_path.read_text("utf-8")
+    events = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    names = [e["event"] for e in events]
+    assert names.count("translate.done") == 3
+    assert names.count("deliver.done") == 3
+    done = [e for e in events if e["event"] == "message.done"]
+    assert len(done) == 3
+    assert all(e["reply"] == 250 and e["direction"] == "apicrypt->mssante" for e in done)
+    assert len({e["trace"] for e in done}) == 3
+    for forbidden in (PATIENT, "Berthelot", SECRET_TEXT, "Hyperkali", "confidentiel",
+                      JEAN, MARIE, MARIE_ON_APICRYPT, "jean.dupont", "marie.curie"):
+        assert forbidden not in text, forbidden
+
+
+def test_core_dumps_are_disabled_in_the_running_process(running: Running) -> None:
+    limits = Path(f"/proc/{running.proc.pid}/limits").read_text()
+    line = next(x for x in limits.splitlines() if x.startswith("Max core file size"))
+    assert line.split()[4:6] == ["0", "0"]
+    status = Path(f"/proc/{running.proc.pid}/status").read_text()
+    assert os.path.exists(f"/proc/{running.proc.pid}")
+    assert "State:" in status

@@ -44,7 +44,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.errors import ConfigError, ConfigProblem
-from gateway.smime.model import Identity, PrivateKey
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 NETWORK_NAMES: tuple[str, ...] = ("apicrypt", "mssante")
 DEFAULT_CHARSETS: Mapping[str, str] = MappingProxyType(
@@ -379,13 +380,22 @@ def read_private_key(path: Path) -> PrivateKey:
         raise _problem(path, "private key", "not an unencrypted RSA or EC private key") from None
 
 
-def load_identity(net: NetworkConfig) -> Identity:
-    """The gateway's S/MIME identity on ``net``: its certificate and private key."""
+@dataclass(frozen=True)
+class KeyPair:
+    """A certificate and its private key as read from the files (the runtime makes it an
+    ``Identity``; config stays below the S/MIME layer and does not import it)."""
+
+    certificate: x509.Certificate
+    private_key: PrivateKey
+
+
+def load_identity(net: NetworkConfig) -> KeyPair:
+    """The gateway's S/MIME certificate and private key on ``net``."""
     certificate = read_certificates(net.smime_cert)[0]
     key = read_private_key(net.smime_key)
     if not _same_public_key(certificate, key):
         raise _problem(net.smime_key, "private key", "does not match the certificate")
-    return Identity(certificate=certificate, private_key=key)
+    return KeyPair(certificate=certificate, private_key=key)
 
 
 def _same_public_key(certificate: x509.Certificate, key: PrivateKey) -> bool:

@@ -210,7 +210,7 @@ _WATCHING = [False]
 def _audit(event: str, args: tuple[object, ...]) -> None:
     if not _WATCHING[0] or event != "open":
         return
-    path, mode, flags = (args + (None, None, None))[:3]
+    path, mode, flags = (*args, None, None, None)[:3]
     writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
         isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
     if writing:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from gateway.config import Config, NetworkConfig, load_identity, read_certificates, read_crls
 from gateway.smime.directory import FolderDirectory
+from gateway.smime.model import Identity
 from gateway.smime.trust import TrustStore
 from gateway.translate.pipeline import NetworkRuntime
 from gateway.translate.routing import RoutingTable, routing_from_config
@@ -36,7 +37,8 @@ def _network_runtime(net: NetworkConfig) -> NetworkRuntime:
     anchors = tuple(c for path in net.trust_anchors for c in read_certificates(path))
     intermediates = tuple(c for path in net.intermediates for c in read_certificates(path))
     crls = tuple(read_crls(net.crls))
-    identity = load_identity(net)
+    pair = load_identity(net)
+    identity = Identity(certificate=pair.certificate, private_key=pair.private_key)
     # Send the intermediates that issued our own certificate along with our signatures.
     chain = tuple(c for c in intermediates if c.subject == identity.certificate.issuer)
     return NetworkRuntime(

@@ -127,3 +127,44 @@ def test_johnny(path: Path, store: TrustStore) -> None:
         assert VICTIM not in verified.signer.addresses
         return
     assert len(sender) != 1 or sender[0] not in verified.signer.addresses
+
+
+@pytest.mark.parametrize("path", _cases())
+def test_corpus_through_the_gateway_unwrap(path: Path, store: TrustStore) -> None:
+    """The same corpus through the code path the relay uses (``unwrap``, with the MIME layer
+    and the From ↔ signer check; these messages are signed only, so encryption is not
+    required here). A genuine message comes out signed by its From; an attack is refused, or
+    (display-name tricks) comes out signed by the real signer, whose address is the From."""
+    from gateway.errors import GatewayError
+    from gateway.smime.unwrap import unwrap
+
+    raw = path.read_bytes()
+    rel = str(path.relative_to(CORPUS))
+    try:
+        result = unwrap(raw, [], store, AT, require_encrypted=False)
+    except GatewayError:
+        assert rel not in GENUINE, f"genuine message refused: {rel}"
+        return
+    assert result.signer is not None
+    if rel in GENUINE:
+        return
+    # Only display-name tricks get here: the address of From *is* the real signer's.
+    assert rel in DISPLAY_NAME_ONLY or rel in ADDRESS_IN_DISPLAY_NAME, f"attack accepted: {rel}"
+    assert "eve@bigcorporation.de" in result.signer.addresses
+    assert VICTIM not in result.signer.addresses
+    if rel in ADDRESS_IN_DISPLAY_NAME:
+        # "manager@bigcorporation.de <eve@...>": the relayed From drops such a display name
+        from email.utils import parseaddr
+
+        from gateway.smime.mime import parse_entity
+        from gateway.translate.pipeline import _display
+
+        name, address = parseaddr(parse_entity(raw).get("From") or "")
+        assert "@" in name
+        assert _display(name, address) == f"<{address}>"
+
+
+ADDRESS_IN_DISPLAY_NAME = {
+    "04-id/i2-display-name-confusion/i2-from-is-sender-signer-a-smime.eml",
+    "04-id/i2-display-name-confusion/i2-from-is-sender-signer-b-smime.eml",
+}

@@ -154,14 +154,14 @@ def test_corpus_through_the_gateway_unwrap(path: Path, store: TrustStore) -> Non
     assert VICTIM not in result.signer.addresses
     if rel in ADDRESS_IN_DISPLAY_NAME:
         # "manager@bigcorporation.de <eve@...>": the relayed From drops such a display name
-        from email.utils import parseaddr
-
         from gateway.smime.mime import parse_entity
-        from gateway.translate.pipeline import _display
+        from gateway.translate.pipeline import _display, _single_address, display_name
 
-        name, address = parseaddr(parse_entity(raw).get("From") or "")
+        value = parse_entity(raw).get("From") or ""
+        name, address = display_name(value), _single_address(value)
         assert "@" in name
-        assert _display(name, address) == f"<{address}>"
+        assert address == "eve@bigcorporation.de"
+        assert _display(name, address) == "<eve@bigcorporation.de>"
 
 
 ADDRESS_IN_DISPLAY_NAME = {

@@ -23,7 +23,7 @@ from gateway.smime.directory import CertificateDirectory
 from gateway.smime.mime import parse_entity
 from gateway.smime.model import Identity, Layer, Signer
 from gateway.smime.trust import TrustStore, email_addresses
-from gateway.smime.unwrap import seal, unwrap
+from gateway.smime.unwrap import mailboxes, seal, unwrap
 
 # Headers carried over from the received message as they are (Subject stays what the sender
 # wrote; thread headers keep conversations together on the other side).
@@ -93,18 +93,30 @@ def recipient_certificate(runtime: NetworkRuntime, address: str,
 
 
 def _single_address(value: str | None) -> str:
+    # The same address parser as the From/signer check, so both agree on what "the address"
+    # of a tricky From is (email.utils.parseaddr picks another one in Johnny's i2 cases).
     if value is None or len(value) > _MAX_ADDRESS_HEADER:
         raise errors.SignerMismatch("From header missing or oversized")
-    pairs = [p for p in email.utils.getaddresses([value]) if p[1]]
-    if len(pairs) != 1:
+    found = mailboxes(value)
+    if len(found) != 1:
         raise errors.SignerMismatch("From header must hold exactly one address")
-    return pairs[0][1]
+    return found[0]
+
+
+def display_name(value: str) -> str:
+    """The display name of a ``Name <addr>`` From, unquoted; empty when there is none."""
+    if "<" not in value:
+        return ""
+    name = value[: value.rfind("<")].strip()
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        name = name[1:-1]
+    return name.strip()
 
 
 def _display(name: str, address: str) -> str:
     # A display name holding an address is the classic spoof ("boss@corp" <eve@corp>): the
     # name is the sender's free text, only the address was verified. Drop such names.
-    if not name or "@" in name:
+    if not name or "@" in name or "<" in name or not name.isprintable():
         return f"<{address}>"
     return email.utils.formataddr((name, address), charset="utf-8")
 
@@ -153,8 +165,8 @@ def translate(
     certificates = [recipient_certificate(destination, rcpt, at) for rcpt in recipients]
     normalised = normalise(unwrapped.content, source, destination, signer, recipients)
 
-    from_name, from_address = email.utils.parseaddr(outer.get("From") or "")
     from_address = _single_address(outer.get("From"))
+    from_name = display_name(outer.get("From") or "")
     headers: list[tuple[str, str]] = [
         ("Received", f"from {received_from} by {hostname} with ESMTPS id {trace_id}; "
                      f"{email.utils.format_datetime(at)}"),

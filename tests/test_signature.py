@@ -511,3 +511,51 @@ def test_fuzz_mutated_signatures(
     # A mutation that still verifies can only have touched unsigned bytes.
     assert verified.content == CONTENT
     assert verified.signer.certificate == pki.alice.cert
+
+
+# --- the certificate cache and the signer lookup -----------------------------------------------
+
+
+def _with_sid_issuer(der: bytes, issuer: object) -> bytes:
+    info = asn1_cms.ContentInfo.load(der)
+    signer_info = info["content"]["signer_infos"][0]
+    sid = signer_info["sid"].chosen
+    signer_info["sid"] = asn1_cms.SignerIdentifier(
+        name="issuer_and_serial_number",
+        value={"issuer": issuer, "serial_number": sid["serial_number"].native})
+    return bytes(info.dump(force=True))
+
+
+def test_signer_found_when_the_issuer_is_encoded_differently(pki: Pki) -> None:
+    """The sid's issuer in PrintableString still names the UTF8String issuer (RFC 5280)."""
+    from asn1crypto import x509 as asn1_x509
+
+    der = sign(CONTENT, pki.alice.identity, extra_certs=[pki.inter.cert])
+    issuer = asn1_x509.Name.load(pki.alice.cert.issuer.public_bytes())
+    printable = asn1_x509.Name.build(issuer.native, use_printable=True)
+    assert printable.dump() != issuer.dump() and printable == issuer
+    verified = verify(_with_sid_issuer(der, printable), pki.store, NOW, detached_content=CONTENT)
+    assert verified.signer.certificate == pki.alice.cert
+    with pytest.raises(UntrustedSigner):
+        verify(_with_sid_issuer(der, asn1_x509.Name.build({"common_name": "Sig Inter 2"})),
+               pki.store, NOW, detached_content=CONTENT)
+
+
+def test_certificate_cache_is_exact_and_bounded(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.smime import signature
+
+    monkeypatch.setattr(signature, "_CERT_CACHE_SIZE", 2)
+    monkeypatch.setattr(signature, "_certificates", {})
+    signers = [pki.alice, pki.ec, pki.subject_only, pki.no_eku]
+    for party in signers * 2:
+        der = sign(CONTENT, party.identity, extra_certs=[pki.inter.cert])
+        verified = verify(der, pki.store, NOW, detached_content=CONTENT)
+        assert verified.signer.certificate == party.cert
+        assert verified.signer.chain == (party.cert, pki.inter.cert, pki.root.cert)
+        assert len(signature._certificates) <= 2
+    monkeypatch.setattr(signature, "_CERT_CACHE_MAX_BYTES", 100)
+    monkeypatch.setattr(signature, "_certificates", {})
+    der = sign(CONTENT, pki.alice.identity, extra_certs=[pki.inter.cert])
+    assert verify(der, pki.store, NOW, detached_content=CONTENT).signer.certificate \
+        == pki.alice.cert
+    assert signature._certificates == {}  # larger than the bound: not kept

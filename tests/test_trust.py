@@ -479,3 +479,19 @@ def test_a_new_store_with_a_crl_refuses_what_the_old_one_cached(pki: Pki) -> Non
     with pytest.raises(RevokedSigner):
         store_of(pki, crls=(crl,)).validate(
             pki.leaf.certificate, [pki.inter.certificate], NOW, "sign")
+
+
+def test_email_addresses_cache_is_exact_and_bounded(pki: Pki,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.smime import trust
+
+    monkeypatch.setattr(trust, "_CACHE_SIZE", 2)
+    monkeypatch.setattr(trust, "_addresses", {})
+    certs = [pki.leaf, pki.subject_only, pki.no_email, pki.any_eku]
+    for issued in certs * 2:
+        cert = issued.certificate
+        assert email_addresses(cert) == trust._email_addresses(cert)
+        # an equal certificate (same DER) parsed again: the same answer
+        again = x509.load_der_x509_certificate(cert.public_bytes(Encoding.DER))
+        assert email_addresses(again) == trust._email_addresses(cert)
+        assert len(trust._addresses) <= 2

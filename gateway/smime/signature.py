@@ -86,6 +86,11 @@ _HASHED_SIGNATURES = {
     "1.2.840.10045.4.3.3": ("ecdsa", "sha384"),
     "1.2.840.10045.4.3.4": ("ecdsa", "sha512"),
 }
+# Parsed certificates by their DER (bounded; cleared when full; large ones not kept).
+_CERT_CACHE_SIZE = 1024
+_CERT_CACHE_MAX_BYTES = 16 * 1024
+_certificates: dict[bytes, x509.Certificate] = {}
+
 _WEAK_SIGNATURES = {
     "1.2.840.113549.1.1.4": "md5WithRSAEncryption",
     "1.2.840.113549.1.1.5": "sha1WithRSAEncryption",
@@ -202,10 +207,22 @@ def _parse(data: bytes) -> _Signed:
             parsed = choice.chosen
             # The bytes as received: a certificate that is not DER is malformed (its
             # signature covers its DER encoding), and re-encoding costs more than the rest.
-            certificates.append((parsed, x509.load_der_x509_certificate(parsed.dump())))
+            certificates.append((parsed, _load_certificate(parsed.dump())))
     with _parsing("SignerInfo"):
         signer = _parse_signer_info(signer_infos[0])
     return _Signed(content_type, econtent, certificates, signer)
+
+
+def _load_certificate(der: bytes) -> x509.Certificate:
+    """``x509.load_der_x509_certificate``, remembered: a sender's certificates recur."""
+    cert = _certificates.get(der)
+    if cert is None:
+        cert = x509.load_der_x509_certificate(der)
+        if len(der) <= _CERT_CACHE_MAX_BYTES:
+            if len(_certificates) >= _CERT_CACHE_SIZE:
+                _certificates.clear()
+            _certificates[der] = cert
+    return cert
 
 
 def _parse_signer_info(si: asn1_cms.SignerInfo) -> _SignerInfo:
@@ -345,9 +362,11 @@ def _find_signer_cert(
         for parsed, cert in certificates:
             if info.issuer_serial is not None:
                 issuer, serial = info.issuer_serial
-                # Serial first (cheap); the issuer as bytes, then by RFC 5280 name matching.
-                if parsed.serial_number == serial and (
-                    parsed.issuer.dump() == issuer.dump() or parsed.issuer == issuer
+                # Serial first (cheap, already parsed by cryptography); the issuer as bytes
+                # (the certificate is DER: cryptography's bytes are the ones received), then
+                # by RFC 5280 name matching.
+                if cert.serial_number == serial and (
+                    cert.issuer.public_bytes() == issuer.dump() or parsed.issuer == issuer
                 ):
                     return cert
             elif info.key_identifier is not None and parsed.key_identifier == info.key_identifier:

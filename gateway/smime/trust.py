@@ -114,6 +114,21 @@ def load_crls(data: bytes) -> list[x509.CertificateRevocationList]:
 
 def email_addresses(cert: x509.Certificate) -> frozenset[str]:
     """The rfc822Name SANs and the subject DN emailAddress values, lower-cased."""
+    known = _addresses.get(cert)
+    if known is None:
+        known = _email_addresses(cert)
+        if len(_addresses) >= _CACHE_SIZE:
+            _addresses.clear()
+        _addresses[cert] = known
+    return known
+
+
+# Certificates (equal DER, equal addresses) -> their addresses: every message asks for the same
+# few (signer, gateway identity). Only successes are kept.
+_addresses: dict[x509.Certificate, frozenset[str]] = {}
+
+
+def _email_addresses(cert: x509.Certificate) -> frozenset[str]:
     found: set[str] = set()
     try:
         try:

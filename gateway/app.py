@@ -16,6 +16,7 @@ import datetime as dt
 import functools
 import os
 import signal
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,8 @@ from pathlib import Path
 import structlog
 
 from gateway import errors
-from gateway.config import Config, NetworkConfig, load_config
+from gateway.config import Config, NetworkConfig, load_config, read_certificates
+from gateway.errors import ConfigError
 from gateway.obs import configure_logging, disable_core_dumps, pseudonymise, set_pseudonym_key
 from gateway.translate import routing
 from gateway.translate.context import NETWORKS, Runtime, build_runtime, other
@@ -37,11 +39,52 @@ log = structlog.get_logger("gateway.app")
 
 @dataclass
 class Stats:
+    """Counters for the periodic summary line (and the final one at stop)."""
+
     in_flight: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)  # seconds, since the last summary
 
-    def count(self, key: str) -> None:
+    def count(self, key: str, seconds: float) -> None:
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        if len(self.latencies) < 100_000:  # bounded even if summaries are rare
+            self.latencies.append(seconds)
+
+    def summary(self) -> dict[str, object]:
+        lat = sorted(self.latencies)
+        self.latencies = []
+
+        def pct(q: float) -> float | None:
+            return round(1000 * lat[min(len(lat) - 1, int(q * len(lat)))], 1) if lat else None
+
+        return {"outcomes": dict(self.outcomes), "in_flight": self.in_flight,
+                "messages": len(lat), "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
+
+
+EXPIRY_WARNINGS = (30, 7)  # days before expiry at which a certificate gets a warning
+
+
+def check_certificates(config: Config, now: dt.datetime) -> list[tuple[str, int]]:
+    """Warn about every configured certificate that expires within 30 (and 7) days."""
+    found: list[tuple[str, int]] = []
+    for name in NETWORKS:
+        net = config.network(name)
+        files = {"smime_cert": net.smime_cert, "tls_cert": net.tls_cert,
+                 "relay_tls_cert": net.relay_tls_cert}
+        for key, path in files.items():
+            if path is None:
+                continue
+            try:
+                cert = read_certificates(path)[0]
+            except ConfigError:
+                continue  # check-config reports unreadable files; nothing to add here
+            days = (cert.not_valid_after_utc - now).days
+            if days <= EXPIRY_WARNINGS[0]:
+                level = "error" if days <= EXPIRY_WARNINGS[1] else "warning"
+                getattr(log, level)("cert.expiring", network=name, key=key, days_left=days,
+                                    serial=format(cert.serial_number, "x"))
+                found.append((f"networks.{name}.{key}", days))
+    return found
 
 
 def _split_hostport(value: str) -> tuple[str, int]:
@@ -64,6 +107,7 @@ class Gateway:
                                           for name in NETWORKS}
         self._idle = asyncio.Event()
         self._idle.set()
+        self._server_contexts: dict[str, ssl.SSLContext] = {}
 
     # --- wiring -----------------------------------------------------------------------------
 
@@ -84,10 +128,11 @@ class Gateway:
         g = self.config.gateway
         context = tls.server_context(net.tls_cert, net.tls_key,
                                      client_ca=net.client_ca)
-        store = self.runtime.network(net.name).store
+        self._server_contexts[net.name] = context
+        name = net.name
 
-        def peer_cert_ok(der: bytes) -> bool:
-            return tls.peer_certificate_trusted(der, store)
+        def peer_cert_ok(der: bytes) -> bool:  # the current store: a reload swaps CRLs in
+            return tls.peer_certificate_trusted(der, self.runtime.network(name).store)
 
         return ListenerSettings(
             network=net.name, host=host, port=port, hostname=g.hostname,
@@ -104,15 +149,49 @@ class Gateway:
             net = self.config.network(name)
             if not net.listen:
                 continue
-            table = self.runtime.routing
             server = await start_listener(
                 self._listener(net),
-                check_sender=functools.partial(routing.check_sender, table, name),
-                route_recipient=functools.partial(routing.route_recipient, table, name),
+                check_sender=functools.partial(self._check_sender, name),
+                route_recipient=functools.partial(self._route_recipient, name),
                 process=self.process,
             )
             self._servers.append(server)
             log.info("listener.started", network=name, address=net.listen)
+
+    # Routing reads the runtime of the moment, so a reload (SIGHUP) applies to the next command.
+    def _check_sender(self, network: str, address: str) -> str:
+        return routing.check_sender(self.runtime.routing, network, address)
+
+    def _route_recipient(self, network: str, address: str) -> str:
+        return routing.route_recipient(self.runtime.routing, network, address)
+
+    # --- reload and certificate lifecycle ---------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-read the configuration and every file it names; swap it in only if all is well.
+
+        Sessions in progress are not dropped: a message already being translated keeps the
+        runtime it started with, the next one gets the new one.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            config = await loop.run_in_executor(None, load_config, self.config.path)
+            runtime = await loop.run_in_executor(None, build_runtime, config)
+            for name, context in self._server_contexts.items():
+                net = config.network(name)
+                if net.tls_cert is not None and net.tls_key is not None:
+                    context.load_cert_chain(net.tls_cert, net.tls_key)
+        except ConfigError as exc:
+            log.error("reload.failed", problems=[str(p) for p in exc.problems])
+            return False
+        except (OSError, ValueError, errors.GatewayError) as exc:
+            log.error("reload.failed", error=type(exc).__name__)
+            return False
+        self.config, self.runtime = config, runtime
+        self._hops = {name: self._next_hop(config.network(name)) for name in NETWORKS}
+        log.info("reload.done", warnings=len(config.warnings))
+        check_certificates(config, dt.datetime.now(dt.UTC))
+        return True
 
     # --- the message path -------------------------------------------------------------------
 
@@ -133,7 +212,7 @@ class Gateway:
             self.stats.in_flight -= 1
             if self.stats.in_flight == 0:
                 self._idle.set()
-        self.stats.count(f"{direction}:{reply.code}")
+        self.stats.count(f"{direction}:{reply.code}", time.perf_counter() - started)
         bound.info("message.done", reply=reply.code, status=reply.status,
                    duration_ms=round((time.perf_counter() - started) * 1000, 1))
         return reply
@@ -212,19 +291,37 @@ async def serve(config: Config) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(gateway.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+    async def housekeeping() -> None:
+        last_check = 0.0
+        while True:
+            await asyncio.sleep(gateway.config.gateway.summary_seconds)
+            log.info("summary", **gateway.stats.summary())
+            if time.monotonic() - last_check > 86_400:  # expiry warnings once a day
+                last_check = time.monotonic()
+                check_certificates(gateway.config, dt.datetime.now(dt.UTC))
+
+    check_certificates(config, dt.datetime.now(dt.UTC))
+    keeper = loop.create_task(housekeeping())
     log.info("gateway.ready", hostname=config.gateway.hostname, pid=os.getpid())
     await stop.wait()
+    keeper.cancel()
     await gateway.stop_accepting()
     drained = await gateway.drain(float(config.gateway.drain_seconds))
-    log.info("gateway.stopped", drained=drained, in_flight=gateway.stats.in_flight,
-             outcomes=gateway.stats.outcomes)
+    log.info("gateway.stopped", drained=drained, **gateway.stats.summary())
     gateway.close()
     return 0
 
 
 def run(config_path: Path) -> int:
-    from gateway.errors import ConfigError
-
     try:
         config = load_config(config_path)
     except ConfigError as exc:

@@ -71,6 +71,7 @@ class GatewaySettings:
     log_format: Literal["json", "console"] = "json"
     log_level: str = "info"
     drain_seconds: float = 30.0
+    summary_seconds: float = 60.0  # period of the "summary" log line
     data_timeout_seconds: float = 120.0
     command_timeout_seconds: float = 60.0
     max_sessions: int = 100
@@ -646,8 +647,9 @@ def _join(prefix: str, name: str) -> str:
 # --- the sections -----------------------------------------------------------------------------
 
 _GATEWAY_KEYS = ("hostname", "max_message_bytes", "max_recipients", "pseudonym_key_file",
-                 "log_format", "log_level", "drain_seconds", "data_timeout_seconds",
-                 "command_timeout_seconds", "max_sessions", "max_sessions_per_ip",
+                 "log_format", "log_level", "drain_seconds", "summary_seconds",
+                 "data_timeout_seconds", "command_timeout_seconds", "max_sessions",
+                 "max_sessions_per_ip",
                  "rate_limit_per_minute", "max_depth")
 _NETWORK_KEYS = ("domains", "trust_anchors", "intermediates", "crls", "smime_cert", "smime_key",
                  "directory", "listen", "tls_cert", "tls_key", "relay", "client_ca",
@@ -693,6 +695,7 @@ def _gateway(c: _Checker, data: Mapping[str, Any]) -> GatewaySettings:
         log_format="console" if log_format == "console" else "json",
         log_level=log_level,
         drain_seconds=c.seconds(table, "drain_seconds", p, 30.0),
+        summary_seconds=c.seconds(table, "summary_seconds", p, 60.0),
         data_timeout_seconds=c.seconds(table, "data_timeout_seconds", p, 120.0),
         command_timeout_seconds=c.seconds(table, "command_timeout_seconds", p, 60.0),
         max_sessions=c.integer(table, "max_sessions", p, 100),

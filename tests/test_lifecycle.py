@@ -77,6 +77,8 @@ def running(tmp_path: Path) -> Iterator[Running]:
     init_pki(tmp_path / "pki", apicrypt_port=ports["a_in"], apicrypt_relay_port=ports["a_out"],
              mssante_port=ports["m_in"], mssante_relay_port=ports["m_out"])
     pki = Pki(tmp_path / "pki")
+    pki.config.write_text(pki.config.read_text().replace(
+        'log_level = "info"', 'log_level = "info"\nsummary_seconds = 0.5'))
     sink = SlowSink()
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(pki.root / "mssante/next-hop-tls.pem",
@@ -155,6 +157,7 @@ def test_logs_are_json_traces_without_message_content(running: Running) -> None:
         result: list[tuple[int, bytes]] = []
         _send(running, _message(running, n), result)
         assert result[0][0] == 250
+    _wait_event(running.log_path, "summary")
     running.proc.send_signal(signal.SIGTERM)
     assert running.proc.wait(30) == 0
     text = running.log_path.read_text("utf-8")
@@ -166,6 +169,10 @@ def test_logs_are_json_traces_without_message_content(running: Running) -> None:
     assert len(done) == 3
     assert all(e["reply"] == 250 and e["direction"] == "apicrypt->mssante" for e in done)
     assert len({e["trace"] for e in done}) == 3
+    summaries = [e for e in events if e["event"] == "summary"]
+    assert summaries  # the periodic line, every summary_seconds
+    stopped = next(e for e in events if e["event"] == "gateway.stopped")
+    assert stopped["outcomes"] == {"apicrypt->mssante:250": 3}
     for forbidden in (PATIENT, "Berthelot", SECRET_TEXT, "Hyperkali", "confidentiel",
                       JEAN, MARIE, MARIE_ON_APICRYPT, "jean.dupont", "marie.curie"):
         assert forbidden not in text, forbidden
@@ -178,3 +185,81 @@ def test_core_dumps_are_disabled_in_the_running_process(running: Running) -> Non
     status = Path(f"/proc/{running.proc.pid}/status").read_text()
     assert os.path.exists(f"/proc/{running.proc.pid}")
     assert "State:" in status
+
+
+def _events(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines()
+            if line.startswith("{")]
+
+
+def _wait_event(path: Path, name: str, count: int = 1, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(1 for e in _events(path) if e["event"] == name) >= count:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no {name} event")
+
+
+def _send_to(run: Running, rcpt: str, raw: bytes) -> int:
+    ctx = ssl.create_default_context(cafile=str(run.pki.ca_file("apicrypt")))
+    ctx.check_hostname = False
+    with smtplib.SMTP("127.0.0.1", run.port, timeout=30) as client:
+        client.starttls(context=ctx)
+        client.ehlo("client.test")
+        client.mail(JEAN)
+        code, _ = client.rcpt(rcpt)
+        if code != 250:
+            return code
+        return client.data(raw)[0]
+
+
+def test_sighup_reloads_directory_and_address_book_without_restart(running: Running) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from gateway.config import parse_certificates, parse_private_key
+    from gateway.smime.certgen import Issued, make_leaf
+
+    new_user, alias = "nouveau@clinique-test.mssante.fr", "nouveau.mssante@passerelle.apicrypt.org"
+    raw = user_message(running.pki, JEAN, alias, text_entity("bienvenue\n"))
+    assert _send_to(running, alias, raw) == 550  # not known yet
+
+    mss = running.pki.root / "mssante"
+    issuer = Issued(parse_certificates((mss / "intermediate.pem").read_bytes())[0],
+                    parse_private_key((mss / "intermediate.key").read_bytes()))
+    user = make_leaf(issuer, "Nouveau", emails=[new_user])
+    (mss / "users" / f"{new_user}.pem").write_bytes(
+        user.certificate.public_bytes(serialization.Encoding.PEM))
+    good = running.pki.config.read_text()
+    running.pki.config.write_text(
+        good + f'\n[[address_book]]\napicrypt = "{alias}"\nmssante = "{new_user}"\n')
+    running.proc.send_signal(signal.SIGHUP)
+    _wait_event(running.log_path, "reload.done")
+    assert _send_to(running, alias, raw) == 250
+    assert len(running.sink.received) == 1
+
+    # a bad configuration is refused: the old one stays, and says why
+    running.pki.config.write_text(good.replace('smime_key = "mssante/gateway.key"',
+                                               'smime_key = "mssante/absent.key"'))
+    running.proc.send_signal(signal.SIGHUP)
+    _wait_event(running.log_path, "reload.failed")
+    failed = next(e for e in _events(running.log_path) if e["event"] == "reload.failed")
+    assert "networks.mssante.smime_key" in str(failed["problems"])
+    assert _send_to(running, alias, raw) == 250  # still the reloaded, good configuration
+    assert running.proc.poll() is None
+
+
+def test_certificate_expiry_warnings(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from gateway.app import check_certificates
+    from gateway.config import load_config, read_certificates
+
+    init_pki(tmp_path / "pki")
+    config = load_config(tmp_path / "pki" / "gateway.toml")
+    expiry = read_certificates(config.network("apicrypt").smime_cert)[0].not_valid_after_utc
+    assert check_certificates(config, expiry - dt.timedelta(days=400)) == []
+    soon = dict(check_certificates(config, expiry - dt.timedelta(days=20)))
+    assert 19 <= soon["networks.apicrypt.smime_cert"] <= 20
+    very_soon = dict(check_certificates(config, expiry - dt.timedelta(days=3)))
+    assert very_soon["networks.apicrypt.smime_cert"] <= 7

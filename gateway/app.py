@@ -26,6 +26,7 @@ import structlog
 from gateway import errors
 from gateway.config import Config, NetworkConfig, load_config, read_certificates
 from gateway.errors import ConfigError
+from gateway.metrics import Metrics, Readiness, reachable, serve_http
 from gateway.obs import configure_logging, disable_core_dumps, pseudonymise, set_pseudonym_key
 from gateway.translate import routing
 from gateway.translate.context import NETWORKS, Runtime, build_runtime, other
@@ -64,9 +65,9 @@ class Stats:
 EXPIRY_WARNINGS = (30, 7)  # days before expiry at which a certificate gets a warning
 
 
-def check_certificates(config: Config, now: dt.datetime) -> list[tuple[str, int]]:
-    """Warn about every configured certificate that expires within 30 (and 7) days."""
-    found: list[tuple[str, int]] = []
+def certificate_expiries(config: Config) -> dict[str, dt.datetime]:
+    """The not-after date of every certificate the configuration names for the gateway."""
+    out: dict[str, dt.datetime] = {}
     for name in NETWORKS:
         net = config.network(name)
         files = {"smime_cert": net.smime_cert, "tls_cert": net.tls_cert,
@@ -78,12 +79,19 @@ def check_certificates(config: Config, now: dt.datetime) -> list[tuple[str, int]
                 cert = read_certificates(path)[0]
             except ConfigError:
                 continue  # check-config reports unreadable files; nothing to add here
-            days = (cert.not_valid_after_utc - now).days
-            if days <= EXPIRY_WARNINGS[0]:
-                level = "error" if days <= EXPIRY_WARNINGS[1] else "warning"
-                getattr(log, level)("cert.expiring", network=name, key=key, days_left=days,
-                                    serial=format(cert.serial_number, "x"))
-                found.append((f"networks.{name}.{key}", days))
+            out[f"networks.{name}.{key}"] = cert.not_valid_after_utc
+    return out
+
+
+def check_certificates(config: Config, now: dt.datetime) -> list[tuple[str, int]]:
+    """Warn about every configured certificate that expires within 30 (and 7) days."""
+    found: list[tuple[str, int]] = []
+    for key, not_after in certificate_expiries(config).items():
+        days = (not_after - now).days
+        if days <= EXPIRY_WARNINGS[0]:
+            level = "error" if days <= EXPIRY_WARNINGS[1] else "warning"
+            getattr(log, level)("cert.expiring", key=key, days_left=days)
+            found.append((key, days))
     return found
 
 
@@ -108,6 +116,28 @@ class Gateway:
         self._idle = asyncio.Event()
         self._idle.set()
         self._server_contexts: dict[str, ssl.SSLContext] = {}
+        self.metrics = Metrics()
+        self._publish_settings()
+
+    def _publish_settings(self) -> None:
+        """Every configured limit as a gauge, and the days left of every certificate."""
+        g = self.config.gateway
+        for name in ("max_message_bytes", "max_recipients", "max_sessions",
+                     "max_sessions_per_ip", "rate_limit_per_minute", "max_depth",
+                     "data_timeout_seconds", "command_timeout_seconds", "drain_seconds"):
+            self.metrics.limits.labels(name).set(float(getattr(g, name)))
+        self.metrics.set_certificates(certificate_expiries(self.config),
+                                      dt.datetime.now(dt.UTC))
+
+    async def readiness(self) -> Readiness:
+        """Ready = listeners serving, our certificates valid now, next hops reachable."""
+        now = dt.datetime.now(dt.UTC)
+        checks = {"listeners": bool(self._servers) and all(
+            s.is_serving() for s in self._servers)}
+        checks["certificates"] = all(t > now for t in certificate_expiries(self.config).values())
+        hops = await asyncio.gather(*(reachable(h.host, h.port) for h in self._hops.values()))
+        checks.update({f"next_hop_{n}": ok for n, ok in zip(self._hops, hops, strict=True)})
+        return Readiness(all(checks.values()), checks)
 
     # --- wiring -----------------------------------------------------------------------------
 
@@ -183,12 +213,16 @@ class Gateway:
                     context.load_cert_chain(net.tls_cert, net.tls_key)
         except ConfigError as exc:
             log.error("reload.failed", problems=[str(p) for p in exc.problems])
+            self.metrics.reloads.labels("failed").inc()
             return False
         except (OSError, ValueError, errors.GatewayError) as exc:
             log.error("reload.failed", error=type(exc).__name__)
+            self.metrics.reloads.labels("failed").inc()
             return False
         self.config, self.runtime = config, runtime
         self._hops = {name: self._next_hop(config.network(name)) for name in NETWORKS}
+        self._publish_settings()
+        self.metrics.reloads.labels("done").inc()
         log.info("reload.done", warnings=len(config.warnings))
         check_certificates(config, dt.datetime.now(dt.UTC))
         return True
@@ -201,6 +235,7 @@ class Gateway:
         direction = f"{source}->{destination}"
         started = time.perf_counter()
         self.stats.in_flight += 1
+        self.metrics.in_flight.inc()
         self._idle.clear()
         bound = log.bind(trace=message.trace_id, direction=direction)
         try:
@@ -210,9 +245,12 @@ class Gateway:
             reply = errors.reply_for(exc)
         finally:
             self.stats.in_flight -= 1
+            self.metrics.in_flight.dec()
             if self.stats.in_flight == 0:
                 self._idle.set()
-        self.stats.count(f"{direction}:{reply.code}", time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.stats.count(f"{direction}:{reply.code}", elapsed)
+        self.metrics.observe(direction, reply.code, elapsed)
         bound.info("message.done", reply=reply.code, status=reply.status,
                    duration_ms=round((time.perf_counter() - started) * 1000, 1))
         return reply
@@ -239,6 +277,7 @@ class Gateway:
                           reply=exc.reply.code, size_in=len(message.content),
                           duration_ms=round((time.perf_counter() - t0) * 1000, 1))
             return exc.reply
+        self.metrics.stage(f"{source}->{destination}", "translate", time.perf_counter() - t0)
         bound.info("translate.done", size_in=len(message.content),
                    size_out=len(translation.raw), layers=translation.facts.get("layers"),
                    signer_serial=translation.facts.get("signer_serial"),
@@ -247,6 +286,7 @@ class Gateway:
         t1 = time.perf_counter()
         reply = await deliver(self._hops[destination], translation.mail_from,
                               translation.recipients, translation.raw)
+        self.metrics.stage(f"{source}->{destination}", "deliver", time.perf_counter() - t1)
         bound.info("deliver.done", reply=reply.code, status=reply.status,
                    duration_ms=round((time.perf_counter() - t1) * 1000, 1))
         return reply
@@ -308,12 +348,20 @@ async def serve(config: Config) -> int:
             if time.monotonic() - last_check > 86_400:  # expiry warnings once a day
                 last_check = time.monotonic()
                 check_certificates(gateway.config, dt.datetime.now(dt.UTC))
+                gateway._publish_settings()
 
     check_certificates(config, dt.datetime.now(dt.UTC))
     keeper = loop.create_task(housekeeping())
+    http = None
+    if config.gateway.metrics_listen:
+        host, port = _split_hostport(config.gateway.metrics_listen)
+        http = await serve_http(host, port, gateway.metrics, gateway.readiness)
+        log.info("metrics.started", address=config.gateway.metrics_listen)
     log.info("gateway.ready", hostname=config.gateway.hostname, pid=os.getpid())
     await stop.wait()
     keeper.cancel()
+    if http is not None:
+        http.close()
     await gateway.stop_accepting()
     drained = await gateway.drain(float(config.gateway.drain_seconds))
     log.info("gateway.stopped", drained=drained, **gateway.stats.summary())

@@ -233,3 +233,47 @@ async def test_nothing_is_opened_for_writing_during_relays(rig: Rig) -> None:
         _WATCHING[0] = False
     assert len(rig.sinks["mssante"].received) == 3
     assert _WRITES == []
+
+
+async def _get(port: int, path: str) -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_metrics_and_readiness_endpoint(rig: Rig) -> None:
+    from gateway.metrics import serve_http
+
+    port = free_port()
+    http = await serve_http("127.0.0.1", port, rig.gateway.metrics, rig.gateway.readiness)
+    try:
+        assert await _get(port, "/healthz") == (200, "alive\n")
+        status, body = await _get(port, "/readyz")
+        assert status == 200, body
+        raw = user_message(rig.pki, JEAN, MARIE_ON_APICRYPT, text_entity("INR 3\n"))
+        for _ in range(2):
+            assert (await send(rig, JEAN, MARIE_ON_APICRYPT, raw))[0] == 250
+        assert (await send(rig, JEAN, MARIE_ON_APICRYPT, b"From: x\r\n\r\nclear\r\n"))[0] == 550
+        status, text = await _get(port, "/metrics")
+        assert status == 200
+        assert ('passerelle_messages_total{code="250",direction="apicrypt->mssante",'
+                'outcome="relayed"} 2.0') in text
+        assert ('passerelle_messages_total{code="550",direction="apicrypt->mssante",'
+                'outcome="refused"} 1.0') in text
+        assert 'passerelle_stage_seconds_count{direction="apicrypt->mssante",stage="deliver"} 2.0' \
+            in text
+        assert 'passerelle_limit{name="max_recipients"} 50.0' in text
+        assert 'passerelle_certificate_days_left{key="networks.mssante.smime_cert"}' in text
+        assert "passerelle_in_flight 0.0" in text
+        assert "jean" not in text and "marie" not in text
+        # the mssante next hop goes down: not ready any more
+        rig.gateway._hops["mssante"] = rig.gateway._hops["mssante"].__class__(
+            **{**rig.gateway._hops["mssante"].__dict__, "port": free_port()})
+        status, body = await _get(port, "/readyz")
+        assert status == 503
+        assert "next_hop_mssante FAIL" in body and "next_hop_apicrypt ok" in body
+    finally:
+        http.close()

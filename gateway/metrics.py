@@ -1,0 +1,110 @@
+"""Metrics and health over HTTP: ``/metrics`` (Prometheus text), ``/healthz``, ``/readyz``.
+
+Rule kept here: numbers only. Labels are directions, outcomes, reply codes, stages, networks
+and configuration keys — never an address or anything of a message. The endpoint is a small
+asyncio server on the application's loop (no thread), answering GET only, bounded in request
+size and time; it is meant for a loopback or management interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_MAX_REQUEST = 8192
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    checks: dict[str, bool]
+
+
+class Metrics:
+    """Every metric of one gateway process, in its own registry (tests make several)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(
+            "passerelle_messages", "Messages answered, by direction, outcome and reply code",
+            ["direction", "outcome", "code"], registry=r)
+        self.stage_seconds = Histogram(
+            "passerelle_stage_seconds", "Time per stage (translate, deliver, total)",
+            ["direction", "stage"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge("passerelle_in_flight", "Messages being processed", registry=r)
+        self.limits = Gauge("passerelle_limit", "Configured limits", ["name"], registry=r)
+        self.cert_days = Gauge("passerelle_certificate_days_left",
+                               "Days until a configured certificate expires", ["key"], registry=r)
+        self.reloads = Counter("passerelle_reloads", "Configuration reloads", ["result"],
+                               registry=r)
+
+    def observe(self, direction: str, code: int, seconds: float) -> None:
+        outcome = "relayed" if code < 300 else "deferred" if code < 500 else "refused"
+        self.messages.labels(direction, outcome, str(code)).inc()
+        self.stage_seconds.labels(direction, "total").observe(seconds)
+
+    def stage(self, direction: str, stage: str, seconds: float) -> None:
+        self.stage_seconds.labels(direction, stage).observe(seconds)
+
+    def set_certificates(self, expiries: dict[str, dt.datetime], now: dt.datetime) -> None:
+        for key, not_after in expiries.items():
+            self.cert_days.labels(key).set((not_after - now).total_seconds() / 86_400)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+ReadinessProbe = Callable[[], Awaitable[Readiness]]
+
+
+async def serve_http(host: str, port: int, metrics: Metrics,
+                     readiness: ReadinessProbe) -> asyncio.AbstractServer:
+    """Start the endpoint on the running loop."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ConnectionError):
+            writer.close()
+            return
+        request = head.split(b"\r\n", 1)[0].split()
+        status, ctype, body = 404, "text/plain", b"not found\n"
+        if len(request) != 3 or request[0] != b"GET":
+            status, body = 405, b"GET only\n"
+        elif request[1] == b"/metrics":
+            status, ctype, body = 200, "text/plain; version=0.0.4", metrics.render()
+        elif request[1] == b"/healthz":
+            status, body = 200, b"alive\n"
+        elif request[1] == b"/readyz":
+            state = await readiness()
+            lines = "".join(f"{k} {'ok' if v else 'FAIL'}\n" for k, v in state.checks.items())
+            status, body = (200 if state.ready else 503), lines.encode()
+        reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",
+                  503: "Service Unavailable"}[status]
+        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, host, port, limit=_MAX_REQUEST)
+
+
+async def reachable(host: str, port: int, timeout: float = 2.0) -> bool:
+    """A TCP connection to a next hop can be opened (readiness, not a delivery)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True

@@ -572,3 +572,41 @@ def test_cached_address_parsing_is_aiosmtpd_s(monkeypatch: pytest.MonkeyPatch) -
             assert ours._getaddr(arg) == session._getaddr(arg)
             assert len(smtp_in._addresses) <= 3
     assert all(len(arg) <= smtp_in._ADDRESS_CACHE_MAX_ARG for arg, _ in smtp_in._addresses)
+
+
+def test_listener_tls_context_resumes_sessions(tls_files: TlsFiles) -> None:
+    """Clients that reconnect skip the full handshake: tickets are on (TLS 1.2 and 1.3)."""
+    import ssl
+    import threading
+
+    server_context = tls.server_context(tls_files.cert, tls_files.key)
+    assert not server_context.options & ssl.OP_NO_TICKET
+    assert server_context.num_tickets > 0
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        listener = socket.create_server(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+
+        def serve(listener: socket.socket = listener) -> None:
+            for _ in range(2):
+                conn, _ = listener.accept()
+                with server_context.wrap_socket(conn, server_side=True) as tls_conn:
+                    tls_conn.sendall(b"220 ok\r\n")
+                    tls_conn.recv(1)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        client_context = tls.client_context(ca_files=[tls_files.ca])
+        client_context.maximum_version = version
+        session = None
+        reused = []
+        for _ in range(2):
+            with client_context.wrap_socket(socket.create_connection(("127.0.0.1", port)),
+                                            server_hostname="localhost",
+                                            session=session) as conn:
+                conn.recv(8)  # the tickets (TLS 1.3) arrive with the first data
+                reused.append(conn.session_reused)
+                session = conn.session
+                conn.sendall(b"x")
+        thread.join(timeout=5)
+        listener.close()
+        assert reused == [False, True], version

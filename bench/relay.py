@@ -50,18 +50,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (the workers of ``gateway run --workers N``)."""
+    out = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        for child in children:
+            out += process_tree(int(child))
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
-    """user+sys of a process and of its reaped children, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-    return (utime + stime + cutime + cstime) / CLK_TCK
+    """user+sys of a process tree (live workers included), from /proc."""
+    total = 0.0
+    for proc in process_tree(pid):
+        fields = Path(f"/proc/{proc}/stat").read_text().rpartition(")")[2].split()
+        total += sum(int(x) for x in fields[11:15]) / CLK_TCK
+    return total
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """The highest peak RSS among the gateway's processes."""
+    peak = 0.0
+    for proc in process_tree(pid):
+        for line in Path(f"/proc/{proc}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peak = max(peak, int(line.split()[1]) / 1024)
+    return peak
 
 
 class Sink:
@@ -156,7 +171,7 @@ def rsa_floor_ms() -> float:
     return 2 * float(match.group(1)) * 1000
 
 
-async def bench(args: argparse.Namespace, root: Path) -> dict[str, float]:
+async def bench(args: argparse.Namespace, root: Path, workers: int) -> dict[str, float]:
     ports = {k: free_port() for k in ("a_in", "a_out", "m_in", "m_out")}
     init_pki(root, force=True, apicrypt_port=ports["a_in"], apicrypt_relay_port=ports["a_out"],
              mssante_port=ports["m_in"], mssante_relay_port=ports["m_out"])
@@ -175,9 +190,8 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, float]:
     server = await loop.create_server(
         lambda: SMTP(sink, tls_context=ctx, require_starttls=True, hostname="sink"),
         "127.0.0.1", ports["m_out"])
-    cmd = [sys.executable, "-m", "gateway", "run", "--config", str(cfg)]
-    if args.workers:
-        cmd += ["--workers", str(args.workers)]
+    cmd = [sys.executable, "-m", "gateway", "run", "--workers", str(workers),
+           "--config", str(cfg)]
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     try:
         for _ in range(200):  # wait for the listener
@@ -218,12 +232,16 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--size", type=int, default=10 * 1024)
-    parser.add_argument("--workers", type=int, default=0, help="gateway run --workers N")
+    parser.add_argument("--workers", default="1",
+                        help="comma-separated worker counts, each measured in turn (e.g. 1,2)")
     parser.add_argument("--openssl-rounds", type=int, default=40)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="passerelle-bench-"))
+    runs: list[tuple[int, dict[str, float]]] = []
     try:
-        figures = asyncio.run(bench(args, root / "pki"))
+        for workers in (int(w) for w in args.workers.split(",")):
+            shutil.rmtree(root / "pki", ignore_errors=True)
+            runs.append((workers, asyncio.run(bench(args, root / "pki", workers))))
         sample = make_messages(root / "pki", 1, args.size, distinct=1)[0]
         openssl_ms = 1000 * openssl_pipeline_cpu(root / "pki", sample, args.openssl_rounds)
         floor_ms = rsa_floor_ms()
@@ -231,19 +249,20 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
     print(f"relay benchmark  {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores,"
           f" {args.messages} messages of {args.size} bytes, concurrency {args.concurrency}")
-    print(f"  relayed (250)                {figures['messages']:.0f}"
-          f"   failures {figures['failures']:.0f}   at sink {figures['delivered']:.0f}")
-    print(f"  end to end                   {figures['msg_per_s']:.1f} messages/s")
-    print(f"  latency p50 / p99            {figures['p50_ms']:.1f} / {figures['p99_ms']:.1f} ms")
-    print(f"  gateway peak RSS             {figures['peak_rss_mb']:.0f} MB")
-    print(f"  gateway CPU per message      {figures['gateway_cpu_ms']:.2f} ms")
+    print("  workers  relayed  failures  at sink   msg/s   p50 ms   p99 ms  peak RSS MB"
+          "  gateway CPU ms/msg")
+    for workers, f in runs:
+        print(f"  {workers:7d}  {f['messages']:7.0f}  {f['failures']:8.0f}  {f['delivered']:7.0f}"
+              f"  {f['msg_per_s']:6.1f}  {f['p50_ms']:7.1f}  {f['p99_ms']:7.1f}"
+              f"  {f['peak_rss_mb']:11.0f}  {f['gateway_cpu_ms']:18.2f}")
+    best = min(f["gateway_cpu_ms"] for _, f in runs)
     print(f"  openssl CLI pipeline CPU     {openssl_ms:.2f} ms per message"
-          f"  (gateway is {openssl_ms / figures['gateway_cpu_ms']:.1f}x less)")
+          f"  (gateway is {openssl_ms / best:.1f}x less)")
     print(f"  physical floor (2 RSA ops)   {floor_ms:.2f} ms per message"
-          f"  (gateway is {figures['gateway_cpu_ms'] / floor_ms:.1f}x the floor)")
+          f"  (gateway is {best / floor_ms:.1f}x the floor)")
     own = resource.getrusage(resource.RUSAGE_SELF)
     print(f"  load generator + sink CPU    {own.ru_utime + own.ru_stime:.1f} s (not counted)")
-    return 0 if figures["failures"] == 0 else 1
+    return 0 if all(f["failures"] == 0 for _, f in runs) else 1
 
 
 if __name__ == "__main__":

@@ -174,7 +174,7 @@ class Gateway:
             rate_limit_per_minute=g.rate_limit_per_minute, pseudonymise=pseudonymise,
         )
 
-    async def start(self) -> None:
+    async def start(self, *, reuse_port: bool = False) -> None:
         for name in NETWORKS:
             net = self.config.network(name)
             if not net.listen:
@@ -184,6 +184,7 @@ class Gateway:
                 check_sender=functools.partial(self._check_sender, name),
                 route_recipient=functools.partial(self._route_recipient, name),
                 process=self.process,
+                reuse_port=reuse_port,
             )
             self._servers.append(server)
             log.info("listener.started", network=name, address=net.listen)
@@ -312,10 +313,10 @@ class Gateway:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, *, reuse_port: bool = False) -> int:
     runtime = build_runtime(config)
     gateway = Gateway(config, runtime)
-    await gateway.start()
+    await gateway.start(reuse_port=reuse_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals_seen = 0
@@ -369,7 +370,7 @@ async def serve(config: Config) -> int:
     return 0
 
 
-def run(config_path: Path) -> int:
+def run(config_path: Path, workers: int | None = None) -> int:
     try:
         config = load_config(config_path)
     except ConfigError as exc:
@@ -380,4 +381,59 @@ def run(config_path: Path) -> int:
     disable_core_dumps()
     if config.gateway.pseudonym_key_file is not None:
         set_pseudonym_key(config.gateway.pseudonym_key_file.read_bytes().strip())
-    return asyncio.run(serve(config))
+    count = workers if workers is not None else (os.cpu_count() or 1)
+    if count <= 1:
+        return asyncio.run(serve(config))
+    return supervise(config, count)
+
+
+def supervise(config: Config, count: int) -> int:
+    """Run ``count`` worker processes on the same ports (SO_REUSEPORT), so one host uses all
+    its cores: Python runs the pipeline on one core per process. The parent only forwards
+    signals and restarts a worker that died while not stopping. Workers share nothing: like
+    several instances (rate limits are per worker, see docs/scale-out.md)."""
+    children: dict[int, int] = {}  # pid -> worker slot
+    stopping = False
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker: its own loop, listeners, thread pool
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_DFL)
+            structlog.contextvars.bind_contextvars(worker=slot)
+            code = 1
+            try:
+                code = asyncio.run(serve(config, reuse_port=True))
+            finally:
+                os._exit(code)
+        children[pid] = slot
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum != signal.SIGHUP:
+            stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    for slot in range(count):
+        spawn(slot)
+    log.info("supervisor.ready", workers=count, pid=os.getpid())
+    status = 0
+    while children:
+        try:
+            pid, wait_status = os.wait()
+        except ChildProcessError:
+            break
+        slot = children.pop(pid)
+        code = os.waitstatus_to_exitcode(wait_status)
+        if not stopping:
+            log.error("worker.died", worker=slot, code=code)
+            time.sleep(0.5)  # no tight loop if a worker cannot start at all
+            spawn(slot)
+        elif code != 0:
+            status = 1
+    log.info("supervisor.stopped", status=status)
+    return status

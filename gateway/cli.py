@@ -115,7 +115,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from gateway.app import run
 
-    return run(Path(args.config))
+    return run(Path(args.config), workers=args.workers)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT")
     p.add_argument("--config", required=True, metavar="FILE")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes sharing the ports (default: number of cores)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("demo", help="self-contained demonstration on loopback")

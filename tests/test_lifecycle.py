@@ -72,7 +72,9 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture
-def running(tmp_path: Path) -> Iterator[Running]:
+def running(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Running]:
+    running_workers = request.node.callspec.params.get("workers", 1) if hasattr(
+        request.node, "callspec") else 1
     ports = {k: free_port() for k in ("a_in", "a_out", "m_in", "m_out")}
     init_pki(tmp_path / "pki", apicrypt_port=ports["a_in"], apicrypt_relay_port=ports["a_out"],
              mssante_port=ports["m_in"], mssante_relay_port=ports["m_out"])
@@ -88,7 +90,8 @@ def running(tmp_path: Path) -> Iterator[Running]:
     controller.start()
     log_path = tmp_path / "gateway.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config",
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--workers",
+                                 str(running_workers), "--config",
                                  str(pki.config)], stderr=log, stdout=log)
     try:
         _wait_port(ports["a_in"], proc)
@@ -263,3 +266,22 @@ def test_certificate_expiry_warnings(tmp_path: Path) -> None:
     assert 19 <= soon["networks.apicrypt.smime_cert"] <= 20
     very_soon = dict(check_certificates(config, expiry - dt.timedelta(days=3)))
     assert very_soon["networks.apicrypt.smime_cert"] <= 7
+
+
+@pytest.mark.parametrize("workers", [2])
+def test_workers_share_the_port_and_stop_together(running: Running, workers: int) -> None:
+    """``--workers 2``: two processes accept on the same port (SO_REUSEPORT); SIGTERM to the
+    supervisor stops both, after their in-flight messages, with exit 0."""
+    assert running.proc.pid
+    for n in range(6):
+        result: list[tuple[int, bytes]] = []
+        _send(running, _message(running, n), result)
+        assert result[0][0] == 250
+    _wait_event(running.log_path, "gateway.ready", count=workers)
+    pids = {e["pid"] for e in _events(running.log_path) if e["event"] == "gateway.ready"}
+    assert len(pids) == workers and running.proc.pid not in pids
+    running.proc.send_signal(signal.SIGTERM)
+    assert running.proc.wait(30) == 0
+    stopped = [e for e in _events(running.log_path) if e["event"] == "gateway.stopped"]
+    assert len(stopped) == workers
+    assert sum(sum(e["outcomes"].values()) for e in stopped) == 6  # type: ignore[union-attr]

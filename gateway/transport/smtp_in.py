@@ -476,8 +476,12 @@ def protocol_factory(settings: ListenerSettings, *, check_sender: CheckSender,
 
 async def start_listener(settings: ListenerSettings, *, check_sender: CheckSender,
                          route_recipient: RouteRecipient, process: Process,
-                         ) -> asyncio.AbstractServer:
-    """Listen on ``settings.host:port`` on the running loop; close the server to stop."""
+                         reuse_port: bool = False) -> asyncio.AbstractServer:
+    """Listen on ``settings.host:port`` on the running loop; close the server to stop.
+
+    ``reuse_port``: several worker processes bind the same port (SO_REUSEPORT) and the kernel
+    spreads connections among them.
+    """
     # aiosmtpd logs every command line (clear addresses) at INFO: never below WARNING.
     library_log = logging.getLogger("mail.log")
     if library_log.getEffectiveLevel() < logging.WARNING:
@@ -485,7 +489,8 @@ async def start_listener(settings: ListenerSettings, *, check_sender: CheckSende
     loop = asyncio.get_running_loop()
     factory = protocol_factory(settings, check_sender=check_sender,
                                route_recipient=route_recipient, process=process, loop=loop)
-    return await loop.create_server(factory, host=settings.host, port=settings.port)
+    return await loop.create_server(factory, host=settings.host, port=settings.port,
+                                    reuse_port=reuse_port or None)
 
 
 __all__ = [

@@ -27,7 +27,13 @@ from gateway import errors
 from gateway.config import Config, NetworkConfig, load_config, read_certificates
 from gateway.errors import ConfigError
 from gateway.metrics import Metrics, Readiness, reachable, serve_http
-from gateway.obs import configure_logging, disable_core_dumps, pseudonymise, set_pseudonym_key
+from gateway.obs import (
+    configure_logging,
+    disable_core_dumps,
+    lock_memory,
+    pseudonymise,
+    set_pseudonym_key,
+)
 from gateway.translate import routing
 from gateway.translate.context import NETWORKS, Runtime, build_runtime, other
 from gateway.translate.pipeline import translate
@@ -379,6 +385,9 @@ def run(config_path: Path, workers: int | None = None) -> int:
         return 2
     configure_logging(config.gateway.log_format, config.gateway.log_level)
     disable_core_dumps()
+    if config.gateway.mlockall and not lock_memory():
+        log.error("mlockall.failed", hint="raise RLIMIT_MEMLOCK (LimitMEMLOCK=infinity)")
+        return 2
     if config.gateway.pseudonym_key_file is not None:
         set_pseudonym_key(config.gateway.pseudonym_key_file.read_bytes().strip())
     count = workers if workers is not None else (os.cpu_count() or 1)

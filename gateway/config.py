@@ -73,6 +73,7 @@ class GatewaySettings:
     drain_seconds: float = 30.0
     summary_seconds: float = 60.0  # period of the "summary" log line
     metrics_listen: str | None = None  # "host:port" of /metrics, /healthz, /readyz (optional)
+    mlockall: bool = False  # lock the process in RAM: decrypted content never reaches swap
     data_timeout_seconds: float = 120.0
     command_timeout_seconds: float = 60.0
     max_sessions: int = 100
@@ -651,7 +652,8 @@ _GATEWAY_KEYS = ("hostname", "max_message_bytes", "max_recipients", "pseudonym_k
                  "log_format", "log_level", "drain_seconds", "summary_seconds",
                  "data_timeout_seconds", "command_timeout_seconds", "max_sessions",
                  "max_sessions_per_ip",
-                 "rate_limit_per_minute", "max_depth", "metrics_listen")
+                 "rate_limit_per_minute", "max_depth", "metrics_listen",
+                 "mlockall")
 _NETWORK_KEYS = ("domains", "trust_anchors", "intermediates", "crls", "smime_cert", "smime_key",
                  "directory", "listen", "tls_cert", "tls_key", "relay", "client_ca",
                  "require_client_cert", "relay_tls_cert", "relay_tls_key", "relay_tls_verify",
@@ -704,6 +706,7 @@ def _gateway(c: _Checker, data: Mapping[str, Any]) -> GatewaySettings:
         rate_limit_per_minute=c.integer(table, "rate_limit_per_minute", p, 120),
         max_depth=c.integer(table, "max_depth", p, 6, maximum=100),
         metrics_listen=_host_port(c, table, "metrics_listen", p, required=False),
+        mlockall=c.boolean(table, "mlockall", p, False),
     )
 
 

@@ -105,3 +105,15 @@ def disable_core_dumps() -> bool:
     except (OSError, AttributeError):
         pass
     return os.name == "posix"
+
+
+def lock_memory() -> bool:
+    """mlockall(MCL_CURRENT | MCL_FUTURE): keep decrypted content out of swap. Needs
+    CAP_IPC_LOCK or a high enough RLIMIT_MEMLOCK (systemd: LimitMEMLOCK=infinity)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.mlockall(1 | 2)) == 0
+    except (OSError, AttributeError):
+        return False

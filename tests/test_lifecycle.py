@@ -285,3 +285,14 @@ def test_workers_share_the_port_and_stop_together(running: Running, workers: int
     stopped = [e for e in _events(running.log_path) if e["event"] == "gateway.stopped"]
     assert len(stopped) == workers
     assert sum(sum(e["outcomes"].values()) for e in stopped) == 6  # type: ignore[union-attr]
+
+
+def test_mlockall_locks_the_process_memory() -> None:
+    code = ("from gateway.obs import lock_memory; ok = lock_memory(); "
+            "import pathlib; s = pathlib.Path('/proc/self/status').read_text(); "
+            "print(ok, [l for l in s.splitlines() if l.startswith('VmLck')][0].split()[1])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30, check=True).stdout.split()
+    if out[0] != "True":
+        pytest.skip("mlockall not permitted here (no CAP_IPC_LOCK, low RLIMIT_MEMLOCK)")
+    assert int(out[1]) > 0  # kB locked

@@ -39,7 +39,7 @@ from gateway.translate.context import NETWORKS, Runtime, build_runtime, other
 from gateway.translate.pipeline import translate
 from gateway.transport import tls
 from gateway.transport.smtp_in import InboundMessage, ListenerSettings, start_listener
-from gateway.transport.smtp_out import NextHop, deliver
+from gateway.transport.smtp_out import DeliveryPool, NextHop
 
 log = structlog.get_logger("gateway.app")
 
@@ -119,6 +119,9 @@ class Gateway:
         self._servers: list[asyncio.AbstractServer] = []
         self._hops: dict[str, NextHop] = {name: self._next_hop(config.network(name))
                                           for name in NETWORKS}
+        # Reused TLS connections, one pool per next hop (see _delivery_for).
+        self._delivery: dict[str, DeliveryPool] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._server_contexts: dict[str, ssl.SSLContext] = {}
@@ -291,8 +294,8 @@ class Gateway:
                    recipients=len(translation.recipients),
                    duration_ms=round((time.perf_counter() - t0) * 1000, 1))
         t1 = time.perf_counter()
-        reply = await deliver(self._hops[destination], translation.mail_from,
-                              translation.recipients, translation.raw)
+        reply = await self._delivery_for(destination).deliver(
+            translation.mail_from, translation.recipients, translation.raw)
         self.metrics.stage(f"{source}->{destination}", "deliver", time.perf_counter() - t1)
         bound.info("deliver.done", reply=reply.code, status=reply.status,
                    duration_ms=round((time.perf_counter() - t1) * 1000, 1))
@@ -314,6 +317,24 @@ class Gateway:
         except TimeoutError:
             return False
         return True
+
+    def _delivery_for(self, destination: str) -> DeliveryPool:
+        """The connection pool of the current next hop (a reload that builds a new hop gets a
+        new pool; the old one is closed: its in-flight messages finish, then it QUITs)."""
+        hop = self._hops[destination]
+        pool = self._delivery.get(destination)
+        if pool is None or pool.hop is not hop:
+            if pool is not None:
+                task = asyncio.get_running_loop().create_task(pool.close())
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+            pool = self._delivery[destination] = DeliveryPool(hop)
+        return pool
+
+    async def close_delivery(self) -> None:
+        """QUIT the idle next-hop connections."""
+        await asyncio.gather(*(pool.close() for pool in self._delivery.values()),
+                             *self._retiring, return_exceptions=True)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -371,6 +392,7 @@ async def serve(config: Config, *, reuse_port: bool = False) -> int:
         http.close()
     await gateway.stop_accepting()
     drained = await gateway.drain(float(config.gateway.drain_seconds))
+    await gateway.close_delivery()
     log.info("gateway.stopped", drained=drained, **gateway.stats.summary())
     gateway.close()
     return 0

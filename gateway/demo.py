@@ -216,6 +216,7 @@ async def _run(root: Path, style: Style, out: Callable[[str], None]) -> int:
     finally:
         await gateway.stop_accepting()
         await gateway.drain(5)
+        await gateway.close_delivery()
         gateway.close()
         for server in servers:
             server.close()

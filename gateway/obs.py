@@ -72,7 +72,9 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | N
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        # One write per line (PrintLogger writes the text and the newline separately), so
+        # the lines of several worker processes sharing stderr do not interleave.
+        logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
     # Library loggers: aiosmtpd's mail.log writes every DATA line at DEBUG, aioimaplib whole

@@ -101,6 +101,7 @@ async def rig(pki: tuple[Pki, dict[str, int]]) -> AsyncIterator[Rig]:
                await _start_sink(keys.root, "mssante", ports["m_out"], sinks["mssante"])]
     yield Rig(keys, ports, sinks, gateway)
     await gateway.stop_accepting()
+    await gateway.close_delivery()
     for server in servers:
         server.close()
     gateway.close()

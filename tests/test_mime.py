@@ -698,3 +698,18 @@ def test_scan_is_linear() -> None:
     folded = b"X: a" + b"\r\n b" * 60_000 + b"\r\n\r\n"
     assert len(parse_entity(folded).headers) == 1
     assert parse_entity(folded).headers[0][1] == "a" + " b" * 60_000
+
+
+_LINE_BITS = st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b" "])).map(b"".join)
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=64) | _LINE_BITS)
+def test_line_ending_shortcuts_agree_with_the_regexes(data: bytes) -> None:
+    """crlf/canonical skip the rewrite when the counts show nothing to do: same result."""
+    import re
+
+    from gateway.smime.mime import canonical, crlf
+
+    assert crlf(data) == re.sub(rb"(?<!\r)\n", b"\r\n", data)
+    assert canonical(data) == re.sub(rb"\r\n|\r|\n", b"\r\n", data)

@@ -81,11 +81,16 @@ _FOLD_CHUNK = re.compile(rb"[ \t]*[^ \t]+|[ \t]+")
 
 def crlf(data: bytes) -> bytes:
     """``data`` with every bare LF made CRLF; existing CRLF (and bare CR) left alone."""
+    if data.count(b"\n") == data.count(b"\r\n"):  # the common case: nothing to rewrite
+        return data
     return _BARE_LF.sub(b"\r\n", data)
 
 
 def canonical(data: bytes) -> bytes:
     """``data`` with every line ending (CRLF, bare CR, bare LF) made CRLF: RFC 8551 canonical."""
+    crlfs = data.count(b"\r\n")
+    if data.count(b"\n") == crlfs and data.count(b"\r") == crlfs:  # already canonical
+        return data
     return _ANY_EOL.sub(b"\r\n", data)
 
 
@@ -364,7 +369,8 @@ def pkcs7_der(entity: Entity) -> bytes:
     """The CMS bytes of ``entity``: base64 decoded (whitespace ignored, nothing else), or as is."""
     encoding = (entity.get("Content-Transfer-Encoding") or "7bit").strip().lower()
     if encoding == "base64":
-        compact = re.sub(rb"[ \t\r\n]+", b"", entity.body)
+        # bytes.translate deletes whitespace in C, much faster than a regex on big bodies
+        compact = entity.body.translate(None, b" \t\r\n")
         if len(compact) % 4 == 1:
             raise MalformedError("truncated base64 in S/MIME body")
         compact += b"=" * (-len(compact) % 4)  # some writers drop the padding

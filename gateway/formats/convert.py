@@ -57,11 +57,18 @@ class HprimConversion:
 
 
 def documents_from_hprim(
-    doc: HprimDocument, *, effective_time: datetime, title: str | None = None
+    doc: HprimDocument,
+    *,
+    effective_time: datetime,
+    title: str | None = None,
+    author: Author | None = None,
 ) -> HprimConversion:
-    """The N1 text CDA of the whole HPRIM file, plus a structured lab CDA when it has results."""
+    """The N1 text CDA of the whole HPRIM file, plus a structured lab CDA when it has results.
+
+    ``author`` defaults to the sender of HPRIM line 11; the pipeline passes the verified signer.
+    """
     patient = Patient.from_hprim(doc.header)
-    author = Author.from_hprim(doc.header)
+    author = author or Author.from_hprim(doc.header)
     is_lab = doc.lab is not None and bool(doc.lab.results)
     code = LAB_REPORT_CODE if is_lab else DEFAULT_N1_CODE
     text = normalise_newlines(write_hprim(doc))
@@ -90,10 +97,14 @@ def documents_from_hprim(
 
 
 def hprim_to_xdm(
-    doc: HprimDocument, *, effective_time: datetime, submission_time: datetime
+    doc: HprimDocument,
+    *,
+    effective_time: datetime,
+    submission_time: datetime,
+    author: Author | None = None,
 ) -> tuple[HprimConversion, bytes]:
     """The conversion and its ``IHE_XDM.ZIP``."""
-    conv = documents_from_hprim(doc, effective_time=effective_time)
+    conv = documents_from_hprim(doc, effective_time=effective_time, author=author)
     return conv, build_xdm(conv.documents, conv.patient, conv.author, submission_time)
 
 

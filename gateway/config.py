@@ -125,6 +125,7 @@ class NetworkConfig:
     tls_key: Path | None = None
     client_ca: Path | None = None
     require_client_cert: bool = False
+    proxy_protocol: bool = False  # the listener expects a PROXY header (behind a balancer)
     relay_tls_cert: Path | None = None
     relay_tls_key: Path | None = None
     relay_tls_verify: bool = True
@@ -656,7 +657,8 @@ _GATEWAY_KEYS = ("hostname", "max_message_bytes", "max_recipients", "pseudonym_k
                  "mlockall")
 _NETWORK_KEYS = ("domains", "trust_anchors", "intermediates", "crls", "smime_cert", "smime_key",
                  "directory", "listen", "tls_cert", "tls_key", "relay", "client_ca",
-                 "require_client_cert", "relay_tls_cert", "relay_tls_key", "relay_tls_verify",
+                 "require_client_cert", "proxy_protocol", "relay_tls_cert", "relay_tls_key",
+                 "relay_tls_verify",
                  "relay_ca", "charset", "utf8_recipients", "imap", "rewrite")
 _IMAP_KEYS = ("host", "port", "user", "password_file", "mailbox", "processing_folder",
               "rejected_folder", "lease_seconds", "poll_seconds", "tls_ca", "client_cert",
@@ -893,6 +895,7 @@ def _network(c: _Checker, name: str, table: Mapping[str, Any]) -> NetworkConfig:
         intermediates=tuple(path for _, path in intermediates),
         listen=listen, tls_cert=tls_cert, tls_key=tls_key, client_ca=client_ca,
         require_client_cert=c.boolean(table, "require_client_cert", p, False),
+        proxy_protocol=c.boolean(table, "proxy_protocol", p, False),
         relay_tls_cert=relay_cert, relay_tls_key=relay_key,
         relay_tls_verify=c.boolean(table, "relay_tls_verify", p, True), relay_ca=relay_ca,
         charset=charset, utf8_recipients=tuple(utf8), imap=imap,

@@ -448,3 +448,56 @@ def test_peer_certificate_revoked_by_crl() -> None:
     crl = certgen.make_crl(ca, [client.certificate.serial_number])
     assert not tls.peer_certificate_trusted(
         der, TrustStore(anchors=(ca.certificate,), crls=(crl,)))
+
+
+async def test_proxy_protocol_gives_the_real_client(tls_in: TlsFiles) -> None:
+    """Behind HAProxy (send-proxy): logs, limits and the message carry the real client."""
+    rec = Recorder()
+    settings = settings_for(tls_in, proxy_protocol=True, max_sessions_per_ip=1)
+    async with listener(settings, rec) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 25\r\n")
+        assert (await reader.readline()).startswith(b"220")
+        # a second session from the *same real client* is over its per-IP limit, while the
+        # balancer's own address (127.0.0.1) is not what is counted
+        r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+        w2.write(b"PROXY TCP4 203.0.113.7 127.0.0.1 40001 25\r\n")
+        assert (await r2.readline()) == b""  # refused: closed
+        w2.close()
+        r3, w3 = await asyncio.open_connection("127.0.0.1", port)
+        w3.write(b"PROXY TCP4 198.51.100.9 127.0.0.1 40002 25\r\n")
+        assert (await r3.readline()).startswith(b"220")
+        w3.close()
+        # no PROXY header where one is required: the connection is closed, nothing relayed
+        r4, w4 = await asyncio.open_connection("127.0.0.1", port)
+        w4.write(b"EHLO client.example\r\n")
+        assert (await r4.readline()) == b""
+        w4.close()
+        writer.close()
+    assert rec.messages == []
+
+
+async def test_proxy_protocol_message_peer(tls_in: TlsFiles) -> None:
+    import smtplib
+
+    rec = Recorder()
+    settings = settings_for(tls_in, proxy_protocol=True)
+
+    class ProxySMTP(smtplib.SMTP):
+        def _get_socket(self, host: str, port: int, timeout: float) -> Any:
+            sock = super()._get_socket(host, port, timeout)
+            sock.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 25\r\n")
+            return sock
+
+    def send(port: int) -> tuple[int, bytes]:
+        with ProxySMTP("localhost", port, timeout=10) as client:
+            client.starttls(context=client_tls(tls_in, with_cert=True))
+            client.ehlo("client.example")
+            client.mail(SENDER)
+            client.rcpt(RCPT)
+            return client.data(BODY)
+
+    async with listener(settings, rec) as port:
+        code, _ = await asyncio.to_thread(send, port)
+    assert code == 250
+    assert [m.peer for m in rec.messages] == ["203.0.113.7"]

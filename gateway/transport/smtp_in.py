@@ -130,6 +130,11 @@ class ListenerSettings:
     pseudonym_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     pseudonymise: Callable[[str], str] | None = None  # default: keyed_pseudonym(pseudonym_key)
     clock: Callable[[], float] = time.monotonic
+    # PROXY protocol (v1/v2) from a TCP balancer: the real client address comes from its
+    # header, which must arrive within ``proxy_timeout`` seconds or the connection is closed.
+    # Only for listeners that nothing but the balancer can reach.
+    proxy_protocol: bool = False
+    proxy_timeout: float = 5.0
 
     def pseudo(self, address: str) -> str:
         return (self.pseudonymise or keyed_pseudonym(self.pseudonym_key))(address)
@@ -255,6 +260,18 @@ class _Handler:
         session.host_name = hostname
         return [*responses[:-1], "250-ENHANCEDSTATUSCODES", responses[-1]]
 
+    async def handle_PROXY(self, server: SMTP, session: Any, envelope: Any,
+                           proxy_data: Any) -> bool:
+        """PROXY protocol: log and limit by the real client, not by the balancer."""
+        source = getattr(proxy_data, "src_addr", None)
+        if not getattr(proxy_data, "valid", False) or source is None:
+            self.log.warning("proxy.invalid", peer=_peer_ip(session.peer))
+            return False
+        real = str(source)
+        self.log.info("proxy.client", peer=real, balancer=_peer_ip(session.peer))
+        session.peer = (real, getattr(proxy_data, "src_port", 0))
+        return isinstance(server, _Session) and server.behind_proxy(real)
+
     def handle_STARTTLS(self, server: SMTP, session: Any, envelope: Any) -> bool:
         der = _peer_certificate(session)
         if der is None:
@@ -378,6 +395,7 @@ class _Session(SMTP):
             enable_SMTPUTF8=False,
             decode_data=False,
             timeout=s.command_timeout,
+            proxy_protocol_timeout=s.proxy_timeout if s.proxy_protocol else None,
             loop=loop,
         )
         self._state = state
@@ -415,6 +433,20 @@ class _Session(SMTP):
                 log.warning("session.refused", network=self._state.settings.network,
                             peer=self._ip, sessions=self._state.sessions)
         super().connection_made(transport)
+        if self._state.settings.proxy_protocol and self.session is not None:
+            # STARTTLS makes a new session from the socket's peer (the balancer): keep the
+            # client that the PROXY header named.
+            self.session.peer = (self._ip, 0)  # type: ignore[assignment]
+
+    def behind_proxy(self, real_ip: str) -> bool:
+        """The PROXY header named the real client: count the session against its address."""
+        self._state.release(self._ip)
+        self._ip = real_ip
+        self._admitted = self._state.admit(real_ip)
+        if not self._admitted:
+            log.warning("session.refused", network=self._state.settings.network,
+                        peer=real_ip, sessions=self._state.sessions)
+        return self._admitted
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._admitted:

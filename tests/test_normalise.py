@@ -482,6 +482,22 @@ def test_header_values_are_guarded() -> None:
         module._header("X-MSS-CODECDA", "é")
 
 
+def test_file_names_cannot_inject_headers_or_paths() -> None:
+    hostile = (b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
+               b"Content-Disposition: attachment;\r\n"
+               b" filename=\"=?utf-8?q?..=2F..=2Fetc=2Fa=0D=0ABcc=3A_eve=40example.test?=\"\r\n"
+               b"\r\n" + b64(tiny_pdf()))
+    entity = mixed(text_entity(b"Bonjour\r\n"), hostile)
+    for to in ("apicrypt", "mssante"):
+        result = Case("hostile", lambda: b"", to).run(entity)
+        check_entity(result.content)
+        assert not any(line.lower().startswith(b"bcc") for line in result.content.split(b"\r\n"))
+        assert all(part.get("Bcc") is None for part in parse(result.content).walk())
+        [name] = attachments(result.content)
+        assert "/" not in name and "\r" not in name and "\n" not in name
+        assert name.endswith("etc_a_Bcc: eve@example.test")
+
+
 def test_time_never_comes_from_the_clock() -> None:
     case = BY_NAME["a2m_hprim_lab_latin1"]
     content = case.build()

@@ -346,11 +346,17 @@ def _to_mssante(msg: EmailMessage, ctx: _Ctx, signer: Signer, moment: datetime,
         return root, []
     author = author_from_signer(signer, doc.header.sender_name)
     effective = _day(doc.header.exam_date, moment)
-    conv = documents_from_hprim(doc, effective_time=effective, author=author)
-    documents = list(conv.documents)
-    documents += _pdf_documents(_leaves(msg), conv.documents[0].type_code, conv.patient,
-                                author, effective)
-    archive = build_xdm(documents, conv.patient, author, moment)
+    try:
+        conv = documents_from_hprim(doc, effective_time=effective, author=author)
+        documents = list(conv.documents)
+        documents += _pdf_documents(_leaves(msg), conv.documents[0].type_code, conv.patient,
+                                    author, effective)
+        archive = build_xdm(documents, conv.patient, author, moment)
+    except errors.MalformedError:
+        # the text and the files still go over, readable: a missing XDM is better than a bounce
+        facts["format"] = "text"
+        facts["hprim"] = "unconverted"
+        return root, []
     xdm = _binary_part(archive, "application/zip", filename=XDM_FILENAME)
     if root.get_content_type() == "multipart/mixed":
         payload = root.get_payload()

@@ -405,6 +405,15 @@ def test_letter_with_pdf_keeps_the_pdf_and_wraps_it_in_a_cda() -> None:
     assert dict(result.headers)["X-MSS-CODECDA"] == "11488-4,11488-4"
 
 
+def test_letter_with_pdf_comes_back_with_the_pdf_once() -> None:
+    there = run("a2m_letter_pdf")
+    back = normalise(there.content, MSSANTE, APICRYPT, signers()[MARIE], [JEAN], at=AT)
+    assert attachments(back.content) == {"courrier é.pdf": ("application/pdf", tiny_pdf())}
+    [(charset, text)] = text_parts(back.content)
+    source = decode_text(hprim_bytes("hprim_letter_cp1252.hpr"), "windows-1252").text
+    assert charset == "iso-8859-1" and text == encode_for_apicrypt(source).decode("iso-8859-1")
+
+
 def test_non_hprim_text_has_no_xdm() -> None:
     result = run("a2m_plain_note_pdf")
     assert result.headers == ()

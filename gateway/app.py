@@ -36,6 +36,7 @@ from gateway.obs import (
 )
 from gateway.translate import routing
 from gateway.translate.context import NETWORKS, Runtime, build_runtime, other
+from gateway.translate.normalise import normalise
 from gateway.translate.pipeline import translate
 from gateway.transport import tls
 from gateway.transport.smtp_in import InboundMessage, ListenerSettings, start_listener
@@ -272,6 +273,7 @@ class Gateway:
         table = runtime.routing
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
+        at = dt.datetime.now(dt.UTC)
         try:
             translation = await loop.run_in_executor(self._pool, functools.partial(
                 translate, message.content,
@@ -279,8 +281,9 @@ class Gateway:
                 mail_from=routing.reverse_sender(table, source, message.mail_from),
                 recipients=list(message.routed_rcpts),
                 map_sender=functools.partial(routing.reverse_sender, table, source),
-                at=dt.datetime.now(dt.UTC), hostname=self.config.gateway.hostname,
+                at=at, hostname=self.config.gateway.hostname,
                 trace_id=message.trace_id, received_from=message.peer,
+                normalise=functools.partial(normalise, at=at),
                 max_depth=self.config.gateway.max_depth,
             ))
         except errors.GatewayError as exc:
@@ -289,11 +292,11 @@ class Gateway:
                           duration_ms=round((time.perf_counter() - t0) * 1000, 1))
             return exc.reply
         self.metrics.stage(f"{source}->{destination}", "translate", time.perf_counter() - t0)
-        bound.info("translate.done", size_in=len(message.content),
-                   size_out=len(translation.raw), layers=translation.facts.get("layers"),
-                   signer_serial=translation.facts.get("signer_serial"),
-                   recipients=len(translation.recipients),
-                   duration_ms=round((time.perf_counter() - t0) * 1000, 1))
+        # facts: sizes, layers, signer serial, the charset decisions (chosen charset, method,
+        # confidence, repaired) and XDM/CDA codes: numbers and labels only, never text.
+        bound.info("translate.done", recipients=len(translation.recipients),
+                   duration_ms=round((time.perf_counter() - t0) * 1000, 1),
+                   **translation.facts)
         t1 = time.perf_counter()
         reply = await self._delivery_for(destination).deliver(
             translation.mail_from, translation.recipients, translation.raw)

@@ -21,6 +21,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from pathlib import Path
 
 import aiosmtplib
@@ -30,6 +31,9 @@ from gateway import errors
 from gateway.app import Gateway
 from gateway.config import load_config
 from gateway.devpki import alias_of, init_pki, user_identity
+from gateway.formats.convert import hprim_to_xdm
+from gateway.formats.hprim import parse_hprim
+from gateway.formats.xdm import read_xdm
 from gateway.obs import configure_logging
 from gateway.smime.trust import TrustStore
 from gateway.smime.unwrap import seal, unwrap
@@ -40,7 +44,7 @@ MARIE = "marie.curie@hopital-test.mssante.fr"
 
 HPRIM_LAB = (
     "DUP123\r\nDUPONT\r\nJEANNE\r\n12 rue des Écoles\r\n\r\n59000 LILLE\r\n"
-    "14/07/1956\r\n2560759123456 22\r\nREQ-2026-1128\r\n28/11/2026\r\n"
+    "14/07/1956\r\n2560759123456 65\r\nREQ-2026-1128\r\n28/11/2026\r\n"
     "LABO59    Laboratoire Biolille\r\nDUPONTJ   Dr Jean Dupont\r\n"
     "Résultats de biologie - contrôle anticoagulant.\r\n"
     "****LAB****\r\n"
@@ -98,11 +102,26 @@ def _lab_entity() -> bytes:
             b"Content-Transfer-Encoding: 8bit\r\n\r\n" + body)
 
 
-def _reply_entity() -> bytes:
-    text = ("Bonjour Docteur,\r\nMerci pour ce résultat ; la patiente est convoquée "
-            "demain pour adapter l'AVK.\r\nCordialement,\r\nDr Marie Curie\r\n")
-    return (b"Content-Type: text/plain; charset=UTF-8\r\n"
-            b"Content-Transfer-Encoding: 8bit\r\n\r\n" + text.encode("utf-8"))
+HOSPITAL_LETTER = (
+    "DUP123\r\nDUPONT\r\nJEANNE\r\n12 rue des Écoles\r\n\r\n59000 LILLE\r\n"
+    "14/07/1956\r\n2560759123456 65\r\nCR-2026-4471\r\n28/11/2026\r\n"
+    "CHUCARDIO Service de cardiologie\r\nDUPONTJ   Dr Jean Dupont\r\n"
+    "Compte rendu de consultation : INR à 3,2 sous AVK ; dose réduite d'un quart,\r\n"
+    "contrôle de l'INR dans 5 jours. Cœur : rythme régulier, pas de souffle.\r\n"
+    "****FINFICHIER****\r\n"
+)
+
+
+def _reply_entity(now: dt.datetime) -> bytes:
+    """What an MSSanté hospital sends: a short note and the report as IHE_XDM.ZIP (CDA R2)."""
+    _, xdm = hprim_to_xdm(parse_hprim(HOSPITAL_LETTER), effective_time=now,
+                          submission_time=now)
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg.set_content("Bonjour Docteur,\r\nci-joint le compte rendu (XDM).\r\n"
+                    "Cordialement,\r\nDr Marie Curie\r\n", charset="utf-8")
+    msg.add_attachment(xdm, maintype="application", subtype="zip", filename="IHE_XDM.ZIP")
+    del msg["MIME-Version"]
+    return msg.as_bytes()
 
 
 async def _send(port: int, cafile: Path, sender: str, rcpt: str, raw: bytes) -> str:
@@ -150,6 +169,21 @@ def _show(style: Style, out: Callable[[str], None], root: Path, recipient: str,
         out(f"  ├─ text ({charset})")
         for line in str(part.get_content()).splitlines()[:30]:
             out(f"  │    {line}")
+    for part in attachments:
+        if (part.get_filename() or "").upper() == "IHE_XDM.ZIP":
+            data = part.get_payload(decode=True)
+            if isinstance(data, bytes):
+                content = read_xdm(data)
+                out(f"  ├─ IHE_XDM.ZIP: METADATA.XML and {len(content.entries)} CDA document(s),"
+                    f" patient {content.entries[0].patient_id if content.entries else '?'}")
+                for entry in content.entries:
+                    if entry.cda is not None:
+                        out(f"  │    {entry.uri}: {entry.format_code}, "
+                            f"{len(entry.cda.observations)} structured observation(s)"
+                            + "".join(f"; {o.label} {o.value} {o.unit or ''} "
+                                      f"[{o.interpretation}]"
+                                      for o in entry.cda.observations if o.interpretation
+                                      and o.interpretation != "N"))
     out("  └─ attachments: " + (", ".join(
         f"{p.get_filename()} ({p.get_content_type()}, "
         f"{len(p.get_payload(decode=True) or b'')} bytes)" for p in attachments) or "none"))
@@ -182,9 +216,10 @@ async def _run(root: Path, style: Style, out: Callable[[str], None]) -> int:
     try:
         trips = [
             ("apicrypt", "mssante", JEAN, MARIE, alias_of(MARIE, "mssante"), ports["a_in"],
-             "Résultats INR", _lab_entity(), "HPRIM lab result, ISO-8859-1"),
+             "Résultats INR", _lab_entity(), "HPRIM lab result in ISO-8859-1"),
             ("mssante", "apicrypt", MARIE, JEAN, alias_of(JEAN, "apicrypt"), ports["m_in"],
-             "Re: Résultats INR", _reply_entity(), "reply from the hospital, UTF-8"),
+             "Re: Résultats INR", _reply_entity(dt.datetime.now(dt.UTC)),
+             "report from the hospital, IHE XDM / CDA"),
         ]
         for source, destination, sender, recipient, alias, port, subject, entity, what in trips:
             out("")

@@ -104,3 +104,15 @@ def open_as_recipient(pki: Pki, recipient: str, raw: bytes) -> Opened:
     signer = _openssl("cms", "-verify", "-CAfile", pki.ca_file(network), "-inform", "SMIME",
                       "-signer", "/dev/stdout", "-out", "/dev/null", data=signed)
     return Opened(head, content, signer)
+
+
+def text_of(entity: bytes) -> str:
+    """The first text/plain part of an entity, decoded (transfer encoding and charset)."""
+    import email
+    import email.policy
+
+    msg = email.message_from_bytes(entity, policy=email.policy.default)
+    for part in msg.walk():
+        if part.get_content_type() == "text/plain":
+            return str(part.get_content())  # type: ignore[attr-defined]
+    raise AssertionError("no text/plain part")

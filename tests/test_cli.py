@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.messages import Pki, open_as_recipient, text_entity, user_message
+from tests.messages import Pki, open_as_recipient, text_entity, text_of, user_message
 
 JEAN = "jean.dupont@medical59.apicrypt.org"
 MARIE = "marie.curie@hopital-test.mssante.fr"
@@ -72,7 +72,7 @@ def test_translate_reseals_for_the_recipient(pki: Pki, tmp_path: Path) -> None:
     proc = gateway("translate", "--config", pki.config, "--from", "apicrypt", src)
     assert proc.returncode == 0, proc.stderr
     opened = open_as_recipient(pki, MARIE, proc.stdout)
-    assert "Kaliémie 5,9".encode("iso-8859-1") in opened.content
+    assert "Kaliémie 5,9" in text_of(opened.content)
     assert b"smime=pass" in opened.headers
 
 

@@ -21,7 +21,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.devpki import init_pki
-from tests.messages import Pki, open_as_recipient, text_entity, user_message
+from tests.messages import Pki, open_as_recipient, text_entity, text_of, user_message
 
 JEAN = "jean.dupont@medical59.apicrypt.org"
 MARIE = "marie.curie@hopital-test.mssante.fr"
@@ -135,7 +135,7 @@ def test_sigterm_drains_in_flight_then_exits_zero(running: Running) -> None:
     assert result == [(250, result[0][1])]  # answered 250 only after the sink accepted it
     assert len(running.sink.received) == 1
     opened = open_as_recipient(running.pki, MARIE, running.sink.received[0])
-    assert PATIENT.encode() in opened.content
+    assert PATIENT in text_of(opened.content)
     # it no longer accepts
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", running.port), 1):
         pass

@@ -22,7 +22,14 @@ from gateway.app import Gateway
 from gateway.config import load_config
 from gateway.devpki import init_pki
 from gateway.translate.context import build_runtime
-from tests.messages import Pki, network_of, open_as_recipient, text_entity, user_message
+from tests.messages import (
+    Pki,
+    network_of,
+    open_as_recipient,
+    text_entity,
+    text_of,
+    user_message,
+)
 
 JEAN = "jean.dupont@medical59.apicrypt.org"
 MARIE = "marie.curie@hopital-test.mssante.fr"
@@ -136,7 +143,8 @@ async def test_apicrypt_to_mssante_opened_by_openssl(rig: Rig) -> None:
     assert mail_from == JEAN_ON_MSSANTE
     assert rcpts == [MARIE]
     opened = open_as_recipient(rig.pki, MARIE, relayed)
-    assert "Résultat INR 3,2".encode("iso-8859-1") in opened.content
+    assert "Résultat INR 3,2" in text_of(opened.content)
+    assert b'charset="utf-8"' in opened.content  # normalised for mssante
     assert b"Message-ID: <e2e-1@test>" in opened.headers
     assert b"smime=pass" in opened.headers
     assert f"From: <{JEAN_ON_MSSANTE}>".encode() in opened.headers
@@ -151,7 +159,8 @@ async def test_mssante_to_apicrypt_opened_by_openssl(rig: Rig) -> None:
     [(mail_from, rcpts, relayed)] = rig.sinks["apicrypt"].received
     assert (mail_from, rcpts) == (MARIE_ON_APICRYPT, [JEAN])
     opened = open_as_recipient(rig.pki, JEAN, relayed)
-    assert b"patient stable" in opened.content
+    assert "patient stable" in text_of(opened.content)
+    assert b'charset="iso-8859-1"' in opened.content  # normalised for apicrypt
 
 
 @pytest.mark.parametrize(("mode", "expected"), [

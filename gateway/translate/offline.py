@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import functools
 from typing import Any
 
 from cryptography import x509
@@ -20,6 +21,7 @@ from gateway.smime.model import Layer, Signer
 from gateway.smime.unwrap import unwrap
 from gateway.translate import routing
 from gateway.translate.context import Runtime, other
+from gateway.translate.normalise import normalise
 from gateway.translate.pipeline import Translation, translate
 
 _MAX_LISTED = 1000
@@ -59,6 +61,7 @@ def translate_file(config: Config, runtime: Runtime, raw: bytes, *, source: str,
     if len(wanted) > config.gateway.max_recipients:
         raise errors.GatewayError("too many recipients", reply=errors.TOO_MANY_RECIPIENTS)
     routed = [routing.route_recipient(table, source, r) for r in wanted]
+    moment = at or dt.datetime.now(dt.UTC)
     return translate(
         raw,
         source=runtime.network(source),
@@ -66,9 +69,10 @@ def translate_file(config: Config, runtime: Runtime, raw: bytes, *, source: str,
         mail_from=routing.reverse_sender(table, source, mail_from),
         recipients=routed,
         map_sender=lambda a: routing.reverse_sender(table, source, a),
-        at=at or dt.datetime.now(dt.UTC),
+        at=moment,
         hostname=config.gateway.hostname,
         trace_id=new_trace_id(),
+        normalise=functools.partial(normalise, at=moment),
         max_depth=config.gateway.max_depth,
     )
 

@@ -661,3 +661,29 @@ def test_lab_result_through_the_pipeline_reaches_mssante(tmp_path: Path) -> None
     assert charset == "utf-8" and "Laboratoire de biologie médicale des Flandres" in text
     content = read_xdm(attachments(opened.content)[XDM_FILENAME][1])
     assert METADATA_PATH in content.files and len(content.entries) == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300), st.sampled_from(["utf-8", "iso-8859-1"]))
+def test_direct_serialisation_equals_the_email_generator(text: str, charset: str) -> None:
+    """The fast path for a single text part writes exactly what ``as_bytes`` would."""
+    from gateway.translate.normalise import _POLICY, _Ctx, _text_part, serialise
+
+    part = _text_part(text, _Ctx(seed=b"s" * 32, charset_out=charset))
+    assert serialise(part) == part.as_bytes(policy=_POLICY)
+
+
+def test_parse_policy_cache_returns_the_same_parsed_values() -> None:
+    from email import message_from_bytes, policy
+
+    from gateway.formats.mime_limits import PARSE_POLICY
+
+    raw = (b'Content-Type: multipart/mixed; boundary="x"; charset=utf-8\r\n'
+           b"Content-Disposition: attachment; filename=a.pdf\r\n\r\n--x--\r\n")
+    for _ in range(2):  # second time from the cache
+        cached = message_from_bytes(raw, policy=PARSE_POLICY)
+        plain = message_from_bytes(raw, policy=policy.default)
+        for name in ("Content-Type", "Content-Disposition"):
+            assert cached[name] == plain[name]
+            assert cached[name].params == plain[name].params  # type: ignore[attr-defined]
+        assert cached.get_boundary() == "x"

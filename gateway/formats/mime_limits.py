@@ -25,12 +25,35 @@ import re
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
+from typing import Any, ClassVar
 
 from gateway.errors import LimitExceeded, MalformedError, MessageTooBig
 
 __all__ = ["MimeLimits", "MimeStats", "check_limits", "parse_message", "scan_mime"]
 
 MIB = 1024 * 1024
+
+
+class _CachedHeaderPolicy(policy.EmailPolicy):
+    """``policy.default``, remembering parsed header values: the email package re-parses a
+    header on every access (``get_content_type`` alone parses Content-Type each time), and
+    parsed headers are immutable ``str`` objects, so the same (name, value) can share one."""
+
+    _cache: ClassVar[dict[tuple[str, str], Any]] = {}
+
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        key = (name, value)
+        found = self._cache.get(key)
+        if found is None:
+            found = super().header_fetch_parse(name, value)
+            if len(value) <= 1024:  # bounded: short values only, and a cleared table
+                if len(self._cache) >= 4096:
+                    self._cache.clear()
+                self._cache[key] = found
+        return found
+
+
+PARSE_POLICY = _CachedHeaderPolicy()
 
 
 @dataclass(frozen=True)
@@ -400,10 +423,10 @@ def scan_mime(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> MimeStats:
 
 
 def parse_message(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> EmailMessage:
-    """Check ``raw`` against ``limits``, then parse it with ``policy.default``."""
+    """Check ``raw`` against ``limits``, then parse it with ``policy.default`` semantics."""
     check_limits(raw, limits)
     try:
-        msg = email.message_from_bytes(bytes(raw), policy=policy.default)
+        msg = email.message_from_bytes(bytes(raw), policy=PARSE_POLICY)
     except RecursionError as exc:  # cannot happen within max_depth, kept as a last guard
         raise LimitExceeded("MIME nesting too deep") from exc
     except Exception as exc:

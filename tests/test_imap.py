@@ -1,0 +1,511 @@
+"""IMAP ingress against a real Dovecot: messages made by openssl are appended to a mailbox, the
+poller claims (UID MOVE), relays and removes them; the next hop's sink receives them and openssl
+opens them with the recipient's key. Then two instances share the mailbox, the connection
+drops, the next hop refuses for a while, an instance dies holding claims, and a message fails
+for good (a DSN to its sender, the original in the rejected folder).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import imaplib
+import re
+import ssl
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from cryptography.hazmat.primitives import serialization
+
+from gateway.app import Gateway
+from gateway.config import load_config
+from gateway.devpki import init_pki
+from gateway.errors import Reply
+from gateway.smime.certgen import make_ca, make_leaf
+from gateway.translate.context import build_runtime
+from gateway.transport import tls
+from gateway.transport.dsn import build_dsn
+from gateway.transport.imap_in import Bouncer, ImapPoller, ImapSettings
+from gateway.transport.smtp_in import InboundMessage
+from tests.dovecot import Dovecot, free_port, running_dovecot
+from tests.messages import Pki, open_as_recipient, text_entity, user_message
+
+JEAN = "jean.dupont@medical59.apicrypt.org"
+MARIE = "marie.curie@hopital-test.mssante.fr"
+MARIE_ON_APICRYPT = "marie.curie.mssante@passerelle.apicrypt.org"
+JEAN_ON_MSSANTE = "jean.dupont.apicrypt@passerelle.mssante.fr"
+COLLEAGUE = "secretariat@cabinet12.apicrypt.org"  # same network: not for the gateway
+PROCESSING = "Passerelle/Processing"
+REJECTED = "Passerelle/Rejected"
+_MID = re.compile(rb"^Message-ID:\s*(<[^>\r\n]+>)", re.MULTILINE | re.IGNORECASE)
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pki, dict[str, int]]:
+    ports = {k: free_port() for k in ("a_in", "a_out", "m_in", "m_out")}
+    root = tmp_path_factory.mktemp("pki")
+    init_pki(root, force=True, apicrypt_port=ports["a_in"], apicrypt_relay_port=ports["a_out"],
+             mssante_port=ports["m_in"], mssante_relay_port=ports["m_out"])
+    return Pki(root), ports
+
+
+@pytest.fixture(scope="module")
+def templates(pki: tuple[Pki, dict[str, int]]) -> list[bytes]:
+    """Ten distinct messages sealed by openssl; copies differ by their outer Message-ID
+    (outside the signature), as bench/relay.py does."""
+    keys, _ = pki
+    return [user_message(keys, JEAN, MARIE_ON_APICRYPT,
+                         text_entity(f"Résultat INR {i},2 (H)\n"),
+                         extra_headers=f"Cc: {COLLEAGUE}\r\n" if i % 3 == 0 else "",
+                         message_id=f"<tpl-{i}@test>") for i in range(10)]
+
+
+def copies(templates: list[bytes], count: int, prefix: str) -> list[bytes]:
+    out = []
+    for i in range(count):
+        raw = templates[i % len(templates)]
+        out.append(_MID.sub(f"Message-ID: <{prefix}-{i}@test>".encode(), raw, count=1))
+    return out
+
+
+@dataclass
+class Sink:
+    """A next hop: STARTTLS SMTP; ``refuse`` DATA commands are answered 451 first."""
+
+    refuse: int = 0
+    received: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+    refused: int = 0
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.refuse > 0:
+            self.refuse -= 1
+            self.refused += 1
+            return "451 4.3.0 try later"
+        self.received.append((envelope.mail_from or "", list(envelope.rcpt_tos),
+                              bytes(envelope.original_content or b"")))
+        return "250 2.0.0 queued"
+
+    def message_ids(self) -> collections.Counter[bytes]:
+        found = collections.Counter[bytes]()
+        for _, _, raw in self.received:
+            match = _MID.search(raw.partition(b"\r\n\r\n")[0])
+            found[match.group(1) if match else b"?"] += 1
+        return found
+
+
+@dataclass
+class Rig:
+    pki: Pki
+    dovecot: Dovecot
+    gateway: Gateway
+    sinks: dict[str, Sink]
+
+    def settings(self, *, port: int | None = None, lease: float = 30.0,
+                 budget: float = 20.0) -> ImapSettings:
+        return ImapSettings(
+            network="apicrypt", host=self.dovecot.host, port=port or self.dovecot.port,
+            user=self.dovecot.user, password=self.dovecot.password,
+            ssl_context=tls.client_context(ca_files=[self.dovecot.ca_file]),
+            processing_folder=PROCESSING, rejected_folder=REJECTED, lease_seconds=lease,
+            poll_seconds=1.0, command_timeout=5.0, fetch_timeout=5.0, process_budget=budget,
+            backoff_initial=0.05, backoff_max=0.5)
+
+    def poller(self, settings: ImapSettings, *,
+               process: Callable[[InboundMessage], object] | None = None) -> ImapPoller:
+        g = self.gateway
+        return ImapPoller(
+            settings,
+            check_sender=functools.partial(g._check_sender, "apicrypt"),
+            route_recipient=functools.partial(g._route_recipient, "apicrypt"),
+            process=process or g.process,  # type: ignore[arg-type]
+            bounce=Bouncer(hostname=g.config.gateway.hostname,
+                           runtime=lambda: g.runtime.network("apicrypt"),
+                           hop=lambda: g._hops["apicrypt"]))
+
+    # synchronous IMAP access for the test itself (imaplib, in a thread)
+    def _imap(self) -> imaplib.IMAP4_SSL:
+        ctx = ssl.create_default_context(cafile=str(self.dovecot.ca_file))
+        client = imaplib.IMAP4_SSL(self.dovecot.host, self.dovecot.port, ssl_context=ctx)
+        client.login(self.dovecot.user, self.dovecot.password)
+        return client
+
+    def _append(self, messages: list[bytes], folder: str) -> None:
+        client = self._imap()
+        try:
+            client.create(folder)
+            for raw in messages:
+                typ, _ = client.append(folder, None, None, raw)
+                assert typ == "OK"
+        finally:
+            client.logout()
+
+    async def append(self, messages: list[bytes], folder: str = "INBOX") -> None:
+        await asyncio.to_thread(self._append, messages, folder)
+
+    def _counts(self) -> dict[str, int]:
+        client = self._imap()
+        try:
+            out = {}
+            for folder in ("INBOX", PROCESSING, REJECTED):
+                typ, data = client.status(folder, "(MESSAGES)")
+                match = re.search(rb"MESSAGES (\d+)", data[0] or b"") if typ == "OK" else None
+                out[folder] = int(match.group(1)) if match else 0
+            return out
+        finally:
+            client.logout()
+
+    async def counts(self) -> dict[str, int]:
+        return await asyncio.to_thread(self._counts)
+
+    def _claim(self, count: int) -> None:
+        """What a crashed instance leaves behind: messages moved into processing."""
+        client = self._imap()
+        try:
+            client.create(PROCESSING)
+            client.select("INBOX")
+            _, data = client.uid("SEARCH", "ALL")  # type: ignore[arg-type]
+            for uid in data[0].split()[:count]:
+                client.uid("MOVE", uid.decode(), PROCESSING)  # type: ignore[arg-type]
+        finally:
+            client.logout()
+
+    async def wait_done(self, expected: int, timeout: float = 30.0,
+                        rejected: int = 0) -> dict[str, int]:
+        """Until the sink has ``expected`` distinct messages and the mailbox is drained."""
+        deadline = time.monotonic() + timeout
+        counts: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            if len(self.sinks["mssante"].message_ids()) >= expected:
+                counts = await self.counts()
+                if counts == {"INBOX": 0, PROCESSING: 0, REJECTED: rejected}:
+                    return counts
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"not drained: sink {len(self.sinks['mssante'].message_ids())}"
+                             f"/{expected}, folders {counts or await self.counts()}")
+
+
+async def _start_sink(root: Path, network: str, port: int, sink: Sink) -> asyncio.AbstractServer:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(root / network / "next-hop-tls.pem", root / network / "next-hop-tls.key")
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: SMTP(sink, tls_context=ctx, require_starttls=True, hostname="sink.test"),
+        "127.0.0.1", port)
+
+
+@pytest.fixture
+def dovecot() -> Iterator[Dovecot]:
+    with running_dovecot() as server:
+        yield server
+
+
+@pytest.fixture
+async def rig(pki: tuple[Pki, dict[str, int]], dovecot: Dovecot) -> AsyncIterator[Rig]:
+    keys, ports = pki
+    config = load_config(keys.config)
+    gateway = Gateway(config, build_runtime(config))
+    sinks = {"apicrypt": Sink(), "mssante": Sink()}
+    servers = [await _start_sink(keys.root, "apicrypt", ports["a_out"], sinks["apicrypt"]),
+               await _start_sink(keys.root, "mssante", ports["m_out"], sinks["mssante"])]
+    yield Rig(keys, dovecot, gateway, sinks)
+    for server in servers:
+        server.close()
+    gateway.close()
+
+
+async def _stop(poller: ImapPoller, task: asyncio.Task[None]) -> None:
+    poller.stop()
+    await asyncio.wait_for(task, timeout=10)
+
+
+# --- the tests ------------------------------------------------------------------------------
+
+
+async def test_mailbox_messages_are_relayed_opened_by_openssl_and_removed(
+        rig: Rig, templates: list[bytes]) -> None:
+    messages = copies(templates, 4, "basic")
+    await rig.append(messages)
+    poller = rig.poller(rig.settings())
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(poller.run())
+        try:
+            await rig.wait_done(4)
+        finally:
+            await _stop(poller, task)
+    received = rig.sinks["mssante"].received
+    assert len(received) == 4
+    for mail_from, rcpts, _raw in received:
+        assert (mail_from, rcpts) == (JEAN_ON_MSSANTE, [MARIE])  # the Cc colleague: not routed
+    opened = open_as_recipient(rig.pki, MARIE, received[0][2])
+    assert b"sultat INR " in opened.content and b",2 (H)" in opened.content
+    assert b"smime=pass" in opened.headers
+    assert set(rig.sinks["mssante"].message_ids()) == {f"<basic-{i}@test>".encode()
+                                                      for i in range(4)}
+    assert poller.counts["delivered"] == 4
+    events = [e["event"] for e in logs]
+    assert events.count("imap.claimed") == 4 and events.count("imap.delivered") == 4
+    traces = {e["trace"] for e in logs if e["event"] == "imap.delivered"}
+    assert traces == {e["trace"] for e in logs if e["event"] == "imap.claimed"}
+    # one trace per message, shared with the gateway's own events; no clear address anywhere
+    assert all("jean" not in repr(e) and "marie" not in repr(e) and "Résultat" not in repr(e)
+               for e in logs)
+    assert all(e.get("mailbox", "a:").startswith("a:") for e in logs if "mailbox" in e)
+
+
+async def test_two_instances_200_messages_each_delivered_once(
+        rig: Rig, templates: list[bytes]) -> None:
+    count = 200
+    await rig.append(copies(templates, count, "pair"))
+    pollers = [rig.poller(rig.settings()) for _ in range(2)]
+    started = time.perf_counter()
+    tasks = [asyncio.create_task(p.run()) for p in pollers]
+    try:
+        await rig.wait_done(count, timeout=45)
+    finally:
+        for poller, task in zip(pollers, tasks, strict=True):
+            await _stop(poller, task)
+    elapsed = time.perf_counter() - started
+    ids = rig.sinks["mssante"].message_ids()
+    duplicates = sum(n - 1 for n in ids.values())
+    print(f"\n[imap] two instances, {count} messages: delivered {len(ids)} distinct, "
+          f"duplicates {duplicates}, {elapsed:.2f} s "
+          f"(instance A {pollers[0].counts['delivered']}, B {pollers[1].counts['delivered']}, "
+          f"lost races {pollers[0].counts['lost_race'] + pollers[1].counts['lost_race']})")
+    print(dict(pollers[0].counts), dict(pollers[1].counts))
+    assert len(ids) == count
+    assert duplicates == 0
+    assert all(p.counts["delivered"] > 0 for p in pollers)  # both took part
+
+
+class CuttingProxy:
+    """A TCP proxy in front of Dovecot that kills its first ``cuts`` connections once the
+    server has sent ``after`` bytes on them (bodies dominate: that is mid-FETCH)."""
+
+    def __init__(self, target: int, cuts: int, after: int) -> None:
+        self.target, self.cuts, self.after = target, cuts, after
+        self.port = free_port()
+        self.connections = 0
+        self.cut = 0
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                       counted: bool) -> None:
+            sent = 0
+            try:
+                while data := await src.read(4096):
+                    if counted and self.cut < self.cuts and sent + len(data) > self.after:
+                        dst.write(data[: self.after - sent])  # part of a literal, then nothing
+                        self.cut += 1
+                        writer.transport.abort()
+                        up_writer.transport.abort()
+                        return
+                    sent += len(data)
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pump(reader, up_writer, False), pump(up_reader, writer, True))
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_connection_dropped_mid_fetch_nothing_lost(rig: Rig,
+                                                         templates: list[bytes]) -> None:
+    count = 30
+    await rig.append(copies(templates, count, "drop"))
+    proxy = CuttingProxy(rig.dovecot.port, cuts=3, after=20_000)
+    await proxy.start()
+    poller = rig.poller(rig.settings(port=proxy.port))
+    task = asyncio.create_task(poller.run())
+    try:
+        await rig.wait_done(count)
+    finally:
+        await _stop(poller, task)
+        proxy.close()
+    ids = rig.sinks["mssante"].message_ids()
+    duplicates = sum(n - 1 for n in ids.values())
+    print(f"\n[imap] connection cut {proxy.cut} times mid-transfer: delivered {len(ids)}/{count},"
+          f" duplicates {duplicates}, reconnections {poller.counts['disconnected']}")
+    assert proxy.cut == 3 and poller.counts["disconnected"] >= 3
+    assert len(ids) == count
+
+
+async def test_server_restart_while_polling(rig: Rig, templates: list[bytes]) -> None:
+    poller = rig.poller(rig.settings())
+    task = asyncio.create_task(poller.run())
+    try:
+        await rig.append(copies(templates, 5, "restart-a"))
+        await rig.wait_done(5)
+        await asyncio.to_thread(rig.dovecot.stop)
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(rig.dovecot.start)
+        await rig.append(copies(templates, 5, "restart-b"))
+        await rig.wait_done(10)
+    finally:
+        await _stop(poller, task)
+    ids = rig.sinks["mssante"].message_ids()
+    print(f"\n[imap] server restarted: delivered {len(ids)}/10, "
+          f"duplicates {sum(n - 1 for n in ids.values())}, "
+          f"reconnections {poller.counts['disconnected']}")
+    assert len(ids) == 10 and sum(ids.values()) == 10
+
+
+async def test_next_hop_down_for_a_while_messages_requeued_then_delivered(
+        rig: Rig, templates: list[bytes]) -> None:
+    count = 10
+    rig.sinks["mssante"].refuse = 8
+    await rig.append(copies(templates, count, "down"))
+    poller = rig.poller(rig.settings())
+    task = asyncio.create_task(poller.run())
+    try:
+        await rig.wait_done(count)
+    finally:
+        await _stop(poller, task)
+    ids = rig.sinks["mssante"].message_ids()
+    print(f"\n[imap] next hop refused {rig.sinks['mssante'].refused} times: delivered "
+          f"{len(ids)}/{count}, duplicates {sum(n - 1 for n in ids.values())}, "
+          f"requeued {poller.counts['requeued']}")
+    assert len(ids) == count and sum(ids.values()) == count
+    assert poller.counts["requeued"] == 8
+
+
+async def test_instance_killed_holding_claims_lease_returns_them(
+        rig: Rig, templates: list[bytes]) -> None:
+    count = 12
+    await rig.append(copies(templates, count, "crash"))
+    await asyncio.to_thread(rig._claim, 4)  # an instance that died right after claiming
+    stuck = asyncio.Event()
+
+    async def hang(message: InboundMessage) -> Reply:
+        stuck.set()
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    doomed = rig.poller(rig.settings(budget=3600, lease=3600), process=hang)
+    doomed_task = asyncio.create_task(doomed.run())
+    await asyncio.wait_for(stuck.wait(), timeout=10)
+    doomed_task.cancel()  # killed: no requeue, no logout, its claim stays in processing
+    with pytest.raises(asyncio.CancelledError):
+        await doomed_task
+    assert (await rig.counts())[PROCESSING] == 5
+    survivor = rig.poller(rig.settings(lease=1.0))
+    task = asyncio.create_task(survivor.run())
+    try:
+        await rig.wait_done(count)
+    finally:
+        await _stop(survivor, task)
+    ids = rig.sinks["mssante"].message_ids()
+    print(f"\n[imap] instance killed holding 5 claims: delivered {len(ids)}/{count}, "
+          f"duplicates {sum(n - 1 for n in ids.values())}, "
+          f"returned by the lease {survivor.counts['lease_expired']}")
+    assert len(ids) == count
+    assert survivor.counts["lease_expired"] == 5
+
+
+def _rogue_message(pki: Pki, folder: Path) -> bytes:
+    """From Jean, signed by a certificate for Jean's address issued by a CA nobody trusts."""
+    ca = make_ca("Rogue CA")
+    leaf = make_leaf(ca, "Jean Dupont (rogue)", emails=[JEAN])
+    pem = serialization.Encoding.PEM
+    cert, key = folder / "rogue.pem", folder / "rogue.key"
+    cert.write_bytes(leaf.certificate.public_bytes(pem))
+    key.write_bytes(leaf.key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+
+    def openssl(*args: str, data: bytes) -> bytes:
+        return subprocess.run(["openssl", *args], input=data, capture_output=True, check=True,
+                              timeout=30).stdout
+
+    entity = text_entity("Compte rendu confidentiel: INR 9,9\n")
+    signed = openssl("cms", "-sign", "-signer", str(cert), "-inkey", str(key), "-md", "sha256",
+                     "-binary", "-outform", "SMIME", data=entity)
+    enveloped = openssl("cms", "-encrypt", "-aes-256-cbc", "-binary", "-outform", "SMIME",
+                        str(pki.gateway_cert("apicrypt")), data=signed)
+    head = (f"From: Jean Dupont <{JEAN}>\r\nTo: {MARIE_ON_APICRYPT}\r\nSubject: Résultats\r\n"
+            "Message-ID: <rogue-1@test>\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\n")
+    return head.encode("utf-8") + enveloped.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+async def test_untrusted_signer_gets_a_dsn_and_lands_in_rejected(
+        rig: Rig, templates: list[bytes], tmp_path: Path) -> None:
+    await rig.append([_rogue_message(rig.pki, tmp_path), *copies(templates, 2, "ok")])
+    poller = rig.poller(rig.settings())
+    task = asyncio.create_task(poller.run())
+    try:
+        await rig.wait_done(2, rejected=1)
+        deadline = time.monotonic() + 10
+        while not rig.sinks["apicrypt"].received and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        await _stop(poller, task)
+    assert b"<rogue-1@test>" not in rig.sinks["mssante"].message_ids()
+    [(mail_from, rcpts, dsn)] = rig.sinks["apicrypt"].received
+    assert (mail_from, rcpts) == ("<>", [JEAN])  # null reverse-path
+    opened = open_as_recipient(rig.pki, JEAN, dsn)  # sealed for Jean, signed by the gateway
+    assert b"multipart/report" in opened.content
+    assert b"report-type=delivery-status" in opened.content
+    assert b"Status: 5.7.7" in opened.content
+    assert f"Final-Recipient: rfc822; {MARIE_ON_APICRYPT}".encode() in opened.content
+    assert b"Message-ID: <rogue-1@test>" in opened.content  # text/rfc822-headers
+    assert b"INR 9,9" not in opened.content and b"confidentiel" not in opened.content
+    assert b"Auto-Submitted: auto-replied" in opened.headers
+    assert poller.counts["dsn_sent"] == 1 and poller.counts["rejected"] == 1
+
+
+async def test_no_routable_recipient_is_a_permanent_failure(rig: Rig) -> None:
+    raw = user_message(rig.pki, JEAN, COLLEAGUE, text_entity("interne\n"),
+                       message_id="<local-1@test>")
+    await rig.append([raw])
+    poller = rig.poller(rig.settings())
+    task = asyncio.create_task(poller.run())
+    try:
+        await rig.wait_done(0, rejected=1)
+        deadline = time.monotonic() + 10
+        while not rig.sinks["apicrypt"].received and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        await _stop(poller, task)
+    [(_, rcpts, dsn)] = rig.sinks["apicrypt"].received
+    assert rcpts == [JEAN]
+    assert b"Status: 5.7.1" in open_as_recipient(rig.pki, JEAN, dsn).content
+
+
+def test_dsn_builder_carries_no_content() -> None:
+    import datetime as dt
+
+    original = (b"From: Jean <jean@a.apicrypt.org>\r\nTo: x@y.org\r\nSubject: R\xe9sultats\r\n"
+                b"Content-Type: text/plain\r\nX-Secret: nope\r\n\r\nbody text\r\n")
+    dsn = build_dsn(original, sender="jean@a.apicrypt.org", recipients=["x@y.org", "bad\r\n"],
+                    reply=Reply(550, "5.7.7", "Signature could not be verified"),
+                    reporting_mta="gw.test", from_address="gw@gw.test",
+                    at=dt.datetime(2026, 11, 28, tzinfo=dt.UTC), message_id="id@gw.test",
+                    boundary="b1")
+    assert b"body text" not in dsn.entity and b"X-Secret" not in dsn.entity
+    assert b"Content-Type: text/plain\r\nX-Secret" not in dsn.entity
+    assert b"Subject: =?utf-8?" in dsn.entity  # 8-bit header made 7-bit
+    assert dsn.entity.count(b"Final-Recipient:") == 1
+    assert b"Diagnostic-Code: smtp; 550 5.7.7 Signature could not be verified" in dsn.entity
+    assert dsn.entity.isascii() is False  # the human part is UTF-8 French
+    assert ("Auto-Submitted", "auto-replied") in dsn.headers

@@ -37,8 +37,9 @@ from gateway.obs import (
 from gateway.translate import routing
 from gateway.translate.context import NETWORKS, Runtime, build_runtime, other
 from gateway.translate.normalise import normalise
-from gateway.translate.pipeline import translate
+from gateway.translate.pipeline import NetworkRuntime, translate
 from gateway.transport import tls
+from gateway.transport.imap_in import Bouncer, ImapPoller, ImapSettings
 from gateway.transport.smtp_in import InboundMessage, ListenerSettings, start_listener
 from gateway.transport.smtp_out import DeliveryPool, NextHop
 
@@ -126,6 +127,8 @@ class Gateway:
         self._idle = asyncio.Event()
         self._idle.set()
         self._server_contexts: dict[str, ssl.SSLContext] = {}
+        self._pollers: list[ImapPoller] = []
+        self._poller_tasks: list[asyncio.Task[None]] = []
         self.metrics = Metrics()
         self._publish_settings()
 
@@ -199,12 +202,44 @@ class Gateway:
             )
             self._servers.append(server)
             log.info("listener.started", network=name, address=net.listen)
+        self._start_pollers()
+
+    def _start_pollers(self) -> None:
+        """One IMAP poller per configured mailbox: same routing, same pipeline, same delivery."""
+        g = self.config.gateway
+        for name in NETWORKS:
+            net = self.config.network(name)
+            if net.imap is None:
+                continue
+            poller = ImapPoller(
+                ImapSettings.from_config(name, net.imap, max_message_bytes=g.max_message_bytes,
+                                         process_budget=float(g.data_timeout_seconds)),
+                check_sender=functools.partial(self._check_sender, name),
+                route_recipient=functools.partial(self._route_recipient, name),
+                process=self.process,
+                bounce=Bouncer(hostname=g.hostname,
+                               runtime=functools.partial(self.runtime_of, name),
+                               hop=functools.partial(self.hop_of, name)))
+            self._pollers.append(poller)
+            self._poller_tasks.append(asyncio.create_task(poller.run()))
+            log.info("poller.started", network=name)
+
+    def runtime_of(self, name: str) -> NetworkRuntime:
+        return self.runtime.network(name)
+
+    def hop_of(self, name: str) -> NextHop:
+        return self._hops[name]
 
     # Routing reads the runtime of the moment, so a reload (SIGHUP) applies to the next command.
     def _check_sender(self, network: str, address: str) -> str:
         return routing.check_sender(self.runtime.routing, network, address)
 
     def _route_recipient(self, network: str, address: str) -> str:
+        # A user who has a certificate on the source network is reached on that network, not
+        # through the gateway (a colleague in Cc of a mailbox message, a mistyped route).
+        with contextlib.suppress(errors.DirectoryUnavailable):
+            if self.runtime.network(network).directory.lookup(address):
+                raise errors.RecipientRefused("recipient is a user of the source network")
         return routing.route_recipient(self.runtime.routing, network, address)
 
     # --- reload and certificate lifecycle ---------------------------------------------------
@@ -308,6 +343,8 @@ class Gateway:
     # --- lifecycle --------------------------------------------------------------------------
 
     async def stop_accepting(self) -> None:
+        for poller in self._pollers:
+            poller.stop()
         for server in self._servers:
             server.close()
         for server in self._servers:
@@ -316,10 +353,17 @@ class Gateway:
 
     async def drain(self, budget: float) -> bool:
         """Wait for in-flight messages to be answered; False if the budget ran out."""
+        started = time.monotonic()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=budget)
         except TimeoutError:
             return False
+        if self._poller_tasks:  # pollers finish the message they hold, then log out
+            left = max(0.1, budget - (time.monotonic() - started))
+            _, pending = await asyncio.wait(self._poller_tasks, timeout=left)
+            for task in pending:
+                task.cancel()
+            return not pending
         return True
 
     def _delivery_for(self, destination: str) -> DeliveryPool:

@@ -509,3 +509,31 @@ def test_dsn_builder_carries_no_content() -> None:
     assert b"Diagnostic-Code: smtp; 550 5.7.7 Signature could not be verified" in dsn.entity
     assert dsn.entity.isascii() is False  # the human part is UTF-8 French
     assert ("Auto-Submitted", "auto-replied") in dsn.headers
+
+
+async def test_configured_mailbox_is_polled_by_the_running_gateway(
+        rig: Rig, templates: list[bytes]) -> None:
+    """The ``imap`` table of a network: ``Gateway.start()`` runs its poller, stop drains it."""
+    cfg = rig.pki.config
+    text = cfg.read_text()
+    imap = (f'\n[networks.apicrypt.imap]\nhost = "{rig.dovecot.host}"\nport = {rig.dovecot.port}\n'
+            f'user = "{rig.dovecot.user}"\npassword_file = "{rig.dovecot.password_file}"\n'
+            f'tls_ca = "{rig.dovecot.ca_file}"\nprocessing_folder = "{PROCESSING}"\n'
+            f'rejected_folder = "{REJECTED}"\npoll_seconds = 1\n')
+    # the table goes at the end of the apicrypt network's section
+    text = text.replace("\n[networks.mssante]", imap + "\n[networks.mssante]", 1)
+    configured = cfg.with_name("with-imap.toml")
+    configured.write_text(text)
+    config = load_config(configured)
+    gateway = Gateway(config, build_runtime(config))
+    await rig.append(copies(templates, 3, "configured"))
+    await gateway.start()
+    try:
+        await rig.wait_done(3)
+    finally:
+        await gateway.stop_accepting()
+        assert await gateway.drain(10)
+        await gateway.close_delivery()
+        gateway.close()
+    assert set(rig.sinks["mssante"].message_ids()) == {
+        f"<configured-{i}@test>".encode() for i in range(3)}

@@ -95,7 +95,8 @@ async def serve_http(host: str, port: int, metrics: Metrics,
             await writer.drain()
         writer.close()
 
-    return await asyncio.start_server(handle, host, port, limit=_MAX_REQUEST)
+    # reuse_port: with --workers N every worker serves its own /metrics on the shared port
+    return await asyncio.start_server(handle, host, port, limit=_MAX_REQUEST, reuse_port=True)
 
 
 async def reachable(host: str, port: int, timeout: float = 2.0) -> bool:

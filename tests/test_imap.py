@@ -85,8 +85,12 @@ class Sink:
     refuse: int = 0
     received: list[tuple[str, list[str], bytes]] = field(default_factory=list)
     refused: int = 0
+    hang: bool = False  # hold DATA until the client gives up (a slow next hop)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.hang:
+            await asyncio.sleep(60)
+            return "451 4.3.0 too late"
         if self.refuse > 0:
             self.refuse -= 1
             self.refused += 1
@@ -511,20 +515,24 @@ def test_dsn_builder_carries_no_content() -> None:
     assert ("Auto-Submitted", "auto-replied") in dsn.headers
 
 
-async def test_configured_mailbox_is_polled_by_the_running_gateway(
-        rig: Rig, templates: list[bytes]) -> None:
-    """The ``imap`` table of a network: ``Gateway.start()`` runs its poller, stop drains it."""
+def _config_with_imap(rig: Rig, name: str, *, lease: float = 600) -> Path:
     cfg = rig.pki.config
     text = cfg.read_text()
     imap = (f'\n[networks.apicrypt.imap]\nhost = "{rig.dovecot.host}"\nport = {rig.dovecot.port}\n'
             f'user = "{rig.dovecot.user}"\npassword_file = "{rig.dovecot.password_file}"\n'
             f'tls_ca = "{rig.dovecot.ca_file}"\nprocessing_folder = "{PROCESSING}"\n'
-            f'rejected_folder = "{REJECTED}"\npoll_seconds = 1\n')
+            f'rejected_folder = "{REJECTED}"\npoll_seconds = 1\nlease_seconds = {lease}\n')
     # the table goes at the end of the apicrypt network's section
     text = text.replace("\n[networks.mssante]", imap + "\n[networks.mssante]", 1)
-    configured = cfg.with_name("with-imap.toml")
+    configured = cfg.with_name(name)
     configured.write_text(text)
-    config = load_config(configured)
+    return configured
+
+
+async def test_configured_mailbox_is_polled_by_the_running_gateway(
+        rig: Rig, templates: list[bytes]) -> None:
+    """The ``imap`` table of a network: ``Gateway.start()`` runs its poller, stop drains it."""
+    config = load_config(_config_with_imap(rig, "with-imap.toml"))
     gateway = Gateway(config, build_runtime(config))
     await rig.append(copies(templates, 3, "configured"))
     await gateway.start()
@@ -537,3 +545,47 @@ async def test_configured_mailbox_is_polled_by_the_running_gateway(
         gateway.close()
     assert set(rig.sinks["mssante"].message_ids()) == {
         f"<configured-{i}@test>".encode() for i in range(3)}
+
+
+
+async def test_instance_sigkilled_while_holding_a_claim_loses_nothing(
+        rig: Rig, templates: list[bytes], tmp_path: Path) -> None:
+    """A real ``gateway run`` process is SIGKILLed while it holds a claimed message (its next
+    hop is hanging); a second process (started after, on the same ports) recovers the claim
+    after the lease: all delivered."""
+    import signal
+    import subprocess
+    import sys
+
+    config = _config_with_imap(rig, "imap-kill.toml", lease=3)
+    await rig.append(copies(templates, 4, "killed"))
+    rig.sinks["mssante"].hang = True
+
+    def start(log_name: str) -> subprocess.Popen[bytes]:
+        with (tmp_path / log_name).open("wb") as log:
+            return subprocess.Popen([sys.executable, "-m", "gateway", "run", "--workers", "1",
+                                     "--config", str(config)], stdout=log, stderr=log)
+
+    first = start("first.log")
+    try:
+        deadline = time.monotonic() + 20
+        while (await rig.counts())[PROCESSING] == 0:  # wait until it holds a claim
+            assert time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-2000:]
+            await asyncio.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert (await rig.counts())[PROCESSING] >= 1  # the claim is stranded on the server
+    rig.sinks["mssante"].hang = False
+    second = start("second.log")
+    try:
+        await rig.wait_done(4, timeout=40)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(20)
+    ids = rig.sinks["mssante"].message_ids()
+    duplicates = sum(n - 1 for n in ids.values())
+    print(f"SIGKILL while claiming: delivered {len(ids)}/4, duplicates {duplicates}")
+    assert set(ids) == {f"<killed-{i}@test>".encode() for i in range(4)}

@@ -80,7 +80,8 @@ def running(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Running]
              mssante_port=ports["m_in"], mssante_relay_port=ports["m_out"])
     pki = Pki(tmp_path / "pki")
     pki.config.write_text(pki.config.read_text().replace(
-        'log_level = "info"', 'log_level = "info"\nsummary_seconds = 0.5'))
+        'log_level = "info"', f'log_level = "info"\nsummary_seconds = 0.5\n'
+                              f'metrics_listen = "127.0.0.1:{free_port()}"'))
     sink = SlowSink()
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(pki.root / "mssante/next-hop-tls.pem",
@@ -296,3 +297,15 @@ def test_mlockall_locks_the_process_memory() -> None:
     if out[0] != "True":
         pytest.skip("mlockall not permitted here (no CAP_IPC_LOCK, low RLIMIT_MEMLOCK)")
     assert int(out[1]) > 0  # kB locked
+
+
+@pytest.mark.parametrize("workers", [2])
+def test_workers_share_the_metrics_port(running: Running, workers: int) -> None:
+    """Each worker binds metrics_listen with SO_REUSEPORT: none dies in a restart loop."""
+    assert workers == 2
+    _wait_event(running.log_path, "gateway.ready", count=2)
+    time.sleep(1.0)
+    events = _events(running.log_path)
+    assert not [e for e in events if e["event"] == "worker.died"]
+    started = [e for e in events if e["event"] == "metrics.started"]
+    assert len(started) == 2

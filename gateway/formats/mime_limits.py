@@ -227,6 +227,22 @@ def scan_mime(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> MimeStats:
         bnd = stack[best].boundary
         return best, rest != bnd
 
+    def header_line(line: bytes) -> None:
+        """A header line: a continuation of the current field, or the start of a new one."""
+        nonlocal cur_lines, cur_len, cur_name
+        if line[0] in b" \t":
+            if cur_lines:
+                cur_lines.append(line)
+                cur_len += len(line)
+                if cur_len > limits.max_header_bytes:
+                    raise LimitExceeded("header field too long after unfolding")
+        else:
+            flush_header()
+            colon = line.find(b":")
+            cur_name = line[:colon] if colon > 0 else b""
+            cur_lines = [line]
+            cur_len = len(line)
+
     def flush_header() -> None:
         nonlocal ct_lines, header_count, cur_lines
         if not cur_lines:
@@ -375,18 +391,7 @@ def scan_mime(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> MimeStats:
                 end_of_headers()
                 body_start = pos
                 continue
-            if line[0] in b" \t":
-                if cur_lines:
-                    cur_lines.append(line)
-                    cur_len += len(line)
-                    if cur_len > limits.max_header_bytes:
-                        raise LimitExceeded("header field too long after unfolding")
-            else:
-                flush_header()
-                colon = line.find(b":")
-                cur_name = line[:colon] if colon > 0 else b""
-                cur_lines = [line]
-                cur_len = len(line)
+            header_line(line)
             pos = next_pos
             continue
 
@@ -403,18 +408,7 @@ def scan_mime(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> MimeStats:
         if len(line) > limits.max_header_line:
             raise LimitExceeded("header line too long")
         if _HEADER_RE.match(line) is not None:
-            if line[0] in b" \t":
-                if cur_lines:
-                    cur_lines.append(line)
-                    cur_len += len(line)
-                    if cur_len > limits.max_header_bytes:
-                        raise LimitExceeded("header field too long after unfolding")
-            else:
-                flush_header()
-                colon = line.find(b":")
-                cur_name = line[:colon] if colon > 0 else b""
-                cur_lines = [line]
-                cur_len = len(line)
+            header_line(line)
         pos = next_pos
 
     finish_headers()

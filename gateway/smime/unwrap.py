@@ -38,7 +38,7 @@ from gateway.smime.mime import (
 from gateway.smime.model import Identity, Layer, LayerKind, Unwrapped, Verified
 from gateway.smime.trust import TrustStore
 
-__all__ = ["check_from", "mailboxes", "seal", "unwrap"]
+__all__ = ["check_from", "mailboxes", "seal", "single_address", "unwrap"]
 
 _PKCS7_MIME = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
 _ENCRYPTED: frozenset[str] = frozenset({"enveloped", "auth-enveloped"})
@@ -124,15 +124,16 @@ def check_from(unwrapped: Unwrapped, outer_from: str) -> None:
     signer = unwrapped.signer
     if signer is None:
         raise NotSigned("message is not signed")
-    address = _single_address(outer_from)
+    address = single_address(outer_from)
     inner_from = parse_entity(unwrapped.content).get("From")
-    if inner_from is not None and _single_address(inner_from) != address:
+    if inner_from is not None and single_address(inner_from) != address:
         raise SignerMismatch("inner and outer From addresses differ")
     if address not in {a.lower() for a in signer.addresses}:
         raise SignerMismatch("From address is not an address of the signer's certificate")
 
 
-def _single_address(value: str) -> str:
+def single_address(value: str) -> str:
+    """The one address of a From-like field, lower-cased; SignerMismatch otherwise."""
     found = mailboxes(value)
     if len(found) != 1:
         raise SignerMismatch(f"From holds {len(found)} addresses; exactly one is accepted")

@@ -23,7 +23,7 @@ from gateway.smime.directory import CertificateDirectory
 from gateway.smime.mime import parse_entity
 from gateway.smime.model import Identity, Layer, Signer
 from gateway.smime.trust import TrustStore, email_addresses
-from gateway.smime.unwrap import mailboxes, seal, unwrap
+from gateway.smime.unwrap import seal, single_address, unwrap
 
 # Headers carried over from the received message as they are (Subject stays what the sender
 # wrote; thread headers keep conversations together on the other side).
@@ -93,14 +93,11 @@ def recipient_certificate(runtime: NetworkRuntime, address: str,
 
 
 def _single_address(value: str | None) -> str:
-    # The same address parser as the From/signer check, so both agree on what "the address"
-    # of a tricky From is (email.utils.parseaddr picks another one in Johnny's i2 cases).
+    # The same parser as the From/signer check (unwrap.single_address), so both agree on what
+    # "the address" of a tricky From is; only the size bound is added here.
     if value is None or len(value) > _MAX_ADDRESS_HEADER:
         raise errors.SignerMismatch("From header missing or oversized")
-    found = mailboxes(value)
-    if len(found) != 1:
-        raise errors.SignerMismatch("From header must hold exactly one address")
-    return found[0]
+    return single_address(value)
 
 
 def display_name(value: str) -> str:

@@ -60,13 +60,14 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """user+sys of a process tree (live workers included), from /proc."""
-    total = 0.0
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, sys) seconds of a process tree (live workers included), from /proc."""
+    user = system = 0.0
     for proc in process_tree(pid):
         fields = Path(f"/proc/{proc}/stat").read_text().rpartition(")")[2].split()
-        total += sum(int(x) for x in fields[11:15]) / CLK_TCK
-    return total
+        user += (int(fields[11]) + int(fields[13])) / CLK_TCK
+        system += (int(fields[12]) + int(fields[14])) / CLK_TCK
+    return user, system
 
 
 def rss_mb(pid: int) -> float:
@@ -202,6 +203,13 @@ async def bench(args: argparse.Namespace, root: Path, workers: int) -> dict[str,
                 await asyncio.sleep(0.05)
         # warm-up, not counted
         await load(ports["a_in"], root / "apicrypt" / "ca.pem", messages[:32], 8, [], [])
+        spy = None
+        if args.profile:  # py-spy, sampling the gateway's processes for the measured run only
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--subprocesses",
+                                    "--threads", "--gil", "--format", "raw", "--rate", "250",
+                                    "--output", args.profile], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+            await asyncio.sleep(1.0)
         cpu0 = cpu_seconds(proc.pid)
         sink.count = 0
         latencies: list[float] = []
@@ -210,8 +218,12 @@ async def bench(args: argparse.Namespace, root: Path, workers: int) -> dict[str,
         await load(ports["a_in"], root / "apicrypt" / "ca.pem", messages, args.concurrency,
                    latencies, failures)
         wall = time.perf_counter() - t0
-        cpu = cpu_seconds(proc.pid) - cpu0
+        user1, sys1 = cpu_seconds(proc.pid)
+        user, system = user1 - cpu0[0], sys1 - cpu0[1]
         peak = rss_mb(proc.pid)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -223,7 +235,9 @@ async def bench(args: argparse.Namespace, root: Path, workers: int) -> dict[str,
         "delivered": float(sink.count), "msg_per_s": done / wall,
         "p50_ms": 1000 * statistics.median(latencies) if latencies else float("nan"),
         "p99_ms": 1000 * latencies[int(0.99 * (done - 1))] if latencies else float("nan"),
-        "gateway_cpu_ms": 1000 * cpu / max(done, 1), "peak_rss_mb": peak,
+        "gateway_cpu_ms": 1000 * (user + system) / max(done, 1),
+        "user_ms": 1000 * user / max(done, 1), "sys_ms": 1000 * system / max(done, 1),
+        "peak_rss_mb": peak,
     }
 
 
@@ -235,6 +249,8 @@ def main() -> int:
     parser.add_argument("--workers", default="1",
                         help="comma-separated worker counts, each measured in turn (e.g. 1,2)")
     parser.add_argument("--openssl-rounds", type=int, default=40)
+    parser.add_argument("--profile", metavar="FILE",
+                        help="write a py-spy profile (collapsed stacks) of the measured run")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="passerelle-bench-"))
     runs: list[tuple[int, dict[str, float]]] = []
@@ -250,11 +266,12 @@ def main() -> int:
     print(f"relay benchmark  {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores,"
           f" {args.messages} messages of {args.size} bytes, concurrency {args.concurrency}")
     print("  workers  relayed  failures  at sink   msg/s   p50 ms   p99 ms  peak RSS MB"
-          "  gateway CPU ms/msg")
+          "  gateway CPU ms/msg (user + sys)")
     for workers, f in runs:
         print(f"  {workers:7d}  {f['messages']:7.0f}  {f['failures']:8.0f}  {f['delivered']:7.0f}"
               f"  {f['msg_per_s']:6.1f}  {f['p50_ms']:7.1f}  {f['p99_ms']:7.1f}"
-              f"  {f['peak_rss_mb']:11.0f}  {f['gateway_cpu_ms']:18.2f}")
+              f"  {f['peak_rss_mb']:11.0f}  {f['gateway_cpu_ms']:18.2f}"
+              f" ({f['user_ms']:.2f} + {f['sys_ms']:.2f})")
     best = min(f["gateway_cpu_ms"] for _, f in runs)
     print(f"  openssl CLI pipeline CPU     {openssl_ms:.2f} ms per message"
           f"  (gateway is {openssl_ms / best:.1f}x less)")

@@ -58,6 +58,9 @@ _NEWLINES = re.compile(r"\r\n|\r|\n")
 
 def normalise_newlines(text: str) -> str:
     """Every CR, LF or CRLF becomes CRLF."""
+    lf = text.count("\n")
+    if text.count("\r") == lf == text.count("\r\n"):  # already CRLF: three C scans, no copy
+        return text
     return _NEWLINES.sub("\r\n", text)
 
 
@@ -311,11 +314,15 @@ def _declared(data: bytes, codec: str) -> tuple[str, str] | None:
 # followed by a continuation byte 80-BF, or E2 80-84 ("â€", "â‚", "â„": quotes, dashes, €, ™).
 _CONT = "\u0080-\u00bf€‚ƒ„…†‡ˆ‰Š‹ŒŽ‘’“”•–—˜™š›œžŸ"
 _MOJIBAKE = re.compile(f"[\u00c2-\u00df][{_CONT}]|â[€‚„]")
+# A superset of _MOJIBAKE that starts with one character class (which the regex engine scans
+# fast): most texts fail it, and only those that pass pay for the alternation.
+_MOJIBAKE_HINT = re.compile(f"[\u00c2-\u00df\u00e2][{_CONT}]")
 
 
 def _repair(text: str) -> tuple[str, bool]:
     """Undo double-encoded UTF-8, and nothing else (ftfy's other fixes change real text)."""
-    if len(text) > MAX_REPAIR_CHARS or _MOJIBAKE.search(text) is None:
+    if (len(text) > MAX_REPAIR_CHARS or _MOJIBAKE_HINT.search(text) is None
+            or _MOJIBAKE.search(text) is None):
         return text, False
     try:
         fixed = ftfy.fix_encoding(text)

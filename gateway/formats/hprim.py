@@ -426,7 +426,8 @@ def looks_like_hprim(text: str) -> bool:
         and (_plausible_date(head[6]) or _plausible_date(head[9]))
     ):
         return True
-    return _LAB_LINE.search(text) is not None
+    # the substring test first: the anchored regex would scan every character of a long text
+    return "****LAB****" in text and _LAB_LINE.search(text) is not None
 
 
 def parse_hprim(text: str) -> HprimDocument:

@@ -129,12 +129,33 @@ class _Frame:
     dsn: bool = False  # message/delivery-status container
 
 
+# Content-Type fields recur from message to message (the same clients write them): the answer
+# for a short field is remembered, keyed by its exact lines. Bounded in count and key size.
+_CONTENT_INFO_CACHE: dict[tuple[bool, tuple[bytes, ...]], tuple[str, bytes | None]] = {}
+_CONTENT_INFO_CACHE_SIZE = 512
+_CONTENT_INFO_CACHE_KEY_BYTES = 512
+
+
 def _content_info(ct_lines: list[bytes] | None, digest_parent: bool) -> tuple[str, bytes | None]:
     """The content type and boundary that ``email`` will see for an entity.
 
     ``email`` itself reads the (already size- and parameter-bounded) Content-Type header, so
     the scanner and the parser cannot disagree on quoting, RFC 2231 continuations or defaults.
     """
+    if ct_lines is None or sum(map(len, ct_lines)) > _CONTENT_INFO_CACHE_KEY_BYTES:
+        return _content_info_of(ct_lines, digest_parent)
+    key = (digest_parent, tuple(ct_lines))
+    found = _CONTENT_INFO_CACHE.get(key)
+    if found is None:
+        found = _content_info_of(ct_lines, digest_parent)  # raises on a malformed field
+        if len(_CONTENT_INFO_CACHE) >= _CONTENT_INFO_CACHE_SIZE:
+            _CONTENT_INFO_CACHE.clear()
+        _CONTENT_INFO_CACHE[key] = found
+    return found
+
+
+def _content_info_of(ct_lines: list[bytes] | None,
+                     digest_parent: bool) -> tuple[str, bytes | None]:
     msg = EmailMessage(policy=policy.default)
     if digest_parent:
         msg.set_default_type("message/rfc822")

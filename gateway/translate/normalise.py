@@ -216,11 +216,13 @@ def _day(value: date | None, fallback: datetime) -> datetime:
 # --- building parts ------------------------------------------------------------------------------
 
 
-def _text_part(text: str, ctx: _Ctx) -> MIMEPart:
+def _text_part(text: str, ctx: _Ctx) -> Message:
     body = encode_for_apicrypt(text, ctx.charset_out)  # CRLF; never raises; UTF-8 is lossless
-    part = MIMEPart(policy=_POLICY)
-    part["Content-Type"] = "text/plain"
-    part.set_param("charset", ctx.charset_out)
+    # A plain (compat32) Message: both header values are ASCII written here, and the default
+    # policy's header objects would cost more than encoding the text. The tree is still
+    # serialised with _POLICY, which writes such short string values as they are.
+    part = Message()
+    part["Content-Type"] = f'text/plain; charset="{ctx.charset_out}"'
     part["Content-Transfer-Encoding"] = "quoted-printable"
     # istext: CRLF stay hard line breaks; lines are soft-wrapped at 76, trailing blanks encoded
     part.set_payload(binascii.b2a_qp(body, quotetabs=False, istext=True, header=False)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, AnyStr
 
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException, syntax
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, TLSSetupException, syntax
 
 from gateway.errors import (
     DOWNSTREAM_DEFERRED,
@@ -49,6 +49,7 @@ from gateway.errors import (
     Reply,
 )
 from gateway.obs import new_trace_id
+from gateway.transport.smtp_data import DataVerdict, read_data
 
 log = structlog.get_logger("gateway.smtp_in")
 
@@ -80,6 +81,8 @@ _LIBRARY_REPLIES: dict[str, Reply] = {
 }
 
 _CRLF = b"\r\n"
+# How much of a message the session's reader may buffer at once (see _Session.smtp_DATA).
+_DATA_BUFFER_BYTES = 64 * 1024
 # Parsed MAIL/RCPT arguments (aiosmtpd's parser builds a class per call): few distinct values.
 _ADDRESS_CACHE_SIZE = 4096
 _ADDRESS_CACHE_MAX_ARG = 512
@@ -492,9 +495,47 @@ class _Session(SMTP):
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:
+        """aiosmtpd's DATA with the content read by ``smtp_data.read_data`` (whole runs of
+        lines instead of one await per line; same end, limits and replies)."""
         # The command timer also bounds the transfer of the content: give it its own bound.
         self._reset_timeout(self._state.settings.data_transfer_timeout)
-        await super().smtp_DATA(arg)
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        envelope = self.envelope
+        if envelope is None or not envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        # aiosmtpd sizes its reader for one command line, which would pause and resume the
+        # socket every two lines of a message: while the content is read, it may hold more.
+        reader: Any = self._reader
+        reader._limit = _DATA_BUFFER_BYTES
+        try:
+            read = await read_data(self._reader, size_limit=self.data_size_limit,
+                                   line_limit=self.line_length_limit)
+        except asyncio.IncompleteReadError:  # the client left mid-content
+            self._writer.close()
+            return
+        except asyncio.CancelledError:  # connection lost: aiosmtpd cancels the session
+            self._writer.close()
+            raise
+        finally:
+            reader._limit = self.line_length_limit
+        if read.verdict is DataVerdict.TOO_LONG:
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        if read.verdict is DataVerdict.TOO_MUCH:
+            await self.push("552 Error: Too much mail data")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        envelope.content = envelope.original_content = read.content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
 
 
 def protocol_factory(settings: ListenerSettings, *, check_sender: CheckSender,

@@ -32,6 +32,7 @@ from gateway.obs import (
     disable_core_dumps,
     lock_memory,
     pseudonymise,
+    return_freed_memory,
     set_pseudonym_key,
 )
 from gateway.translate import routing
@@ -71,6 +72,7 @@ class Stats:
 
 
 EXPIRY_WARNINGS = (30, 7)  # days before expiry at which a certificate gets a warning
+BIG_MESSAGE_BYTES = 1_000_000  # translated one at a time (see Gateway._relay)
 
 
 def certificate_expiries(config: Config) -> dict[str, dt.datetime]:
@@ -125,6 +127,7 @@ class Gateway:
         self._delivery: dict[str, DeliveryPool] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
+        self._big_translation = asyncio.Semaphore(1)
         self._idle.set()
         self._server_contexts: dict[str, ssl.SSLContext] = {}
         self._pollers: list[ImapPoller] = []
@@ -309,23 +312,31 @@ class Gateway:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         at = dt.datetime.now(dt.UTC)
+        size_in = len(message.content)
+        # Big messages are translated one at a time: a translation holds several times the
+        # message (decoded, decrypted, parsed, re-encoded), and 32 of them at 5 MB would not
+        # fit the memory bound; small ones never wait for them.
+        big = self._big_translation if size_in > BIG_MESSAGE_BYTES else contextlib.nullcontext()
         try:
-            translation = await loop.run_in_executor(self._pool, functools.partial(
-                translate, message.content,
-                source=runtime.network(source), destination=runtime.network(destination),
-                mail_from=routing.reverse_sender(table, source, message.mail_from),
-                recipients=list(message.routed_rcpts),
-                map_sender=functools.partial(routing.reverse_sender, table, source),
-                at=at, hostname=self.config.gateway.hostname,
-                trace_id=message.trace_id, received_from=message.peer,
-                normalise=functools.partial(normalise, at=at),
-                max_depth=self.config.gateway.max_depth,
-            ))
+            async with big:
+                translation = await loop.run_in_executor(self._pool, functools.partial(
+                    translate, message.content,
+                    source=runtime.network(source), destination=runtime.network(destination),
+                    mail_from=routing.reverse_sender(table, source, message.mail_from),
+                    recipients=list(message.routed_rcpts),
+                    map_sender=functools.partial(routing.reverse_sender, table, source),
+                    at=at, hostname=self.config.gateway.hostname,
+                    trace_id=message.trace_id, received_from=message.peer,
+                    normalise=functools.partial(normalise, at=at),
+                    max_depth=self.config.gateway.max_depth,
+                ))
         except errors.GatewayError as exc:
             bound.warning("translate.refused", error=exc.code, reason=exc.reason,
-                          reply=exc.reply.code, size_in=len(message.content),
+                          reply=exc.reply.code, size_in=size_in,
                           duration_ms=round((time.perf_counter() - t0) * 1000, 1))
             return exc.reply
+        finally:
+            message.release()  # the translation (or the refusal) is all that is needed now
         self.metrics.stage(f"{source}->{destination}", "translate", time.perf_counter() - t0)
         # facts: sizes, layers, signer serial, the charset decisions (chosen charset, method,
         # confidence, repaired) and XDM/CDA codes: numbers and labels only, never text.
@@ -455,6 +466,7 @@ def run(config_path: Path, workers: int | None = None) -> int:
         return 2
     configure_logging(config.gateway.log_format, config.gateway.log_level)
     disable_core_dumps()
+    return_freed_memory()
     if config.gateway.mlockall and not lock_memory():
         log.error("mlockall.failed", hint="raise RLIMIT_MEMLOCK (LimitMEMLOCK=infinity)")
         return 2

@@ -109,6 +109,23 @@ def disable_core_dumps() -> bool:
     return os.name == "posix"
 
 
+def return_freed_memory(threshold: int = 256 * 1024) -> bool:
+    """Ask glibc to serve every allocation of ``threshold`` bytes or more with its own mmap.
+
+    glibc raises its mmap threshold as big blocks are freed, after which big messages are cut
+    from the heaps of the threads that translated them and stay there once freed: the process
+    keeps the high-water mark of every burst. A fixed threshold gives each big buffer back as
+    soon as it is freed (and zeroed pages to the next one). M_MMAP_THRESHOLD = -3.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.mallopt(-3, threshold)) == 1
+    except (OSError, AttributeError):  # not glibc: its allocator has its own policy
+        return False
+
+
 def lock_memory() -> bool:
     """mlockall(MCL_CURRENT | MCL_FUTURE): keep decrypted content out of swap. Needs
     CAP_IPC_LOCK or a high enough RLIMIT_MEMLOCK (systemd: LimitMEMLOCK=infinity)."""

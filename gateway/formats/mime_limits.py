@@ -211,7 +211,9 @@ def scan_mime(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> MimeStats:
     data = bytes(raw)
     if b"\r" in data:
         # The feedparser ends lines at CRLF, CR and LF alike: so does the scanner.
-        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        data = data.replace(b"\r\n", b"\n")
+        if b"\r" in data:  # a bare CR: one more copy, only then
+            data = data.replace(b"\r", b"\n")
     size = len(data)
 
     stack: list[_Frame] = []

@@ -373,7 +373,8 @@ def pkcs7_der(entity: Entity) -> bytes:
         compact = entity.body.translate(None, b" \t\r\n")
         if len(compact) % 4 == 1:
             raise MalformedError("truncated base64 in S/MIME body")
-        compact += b"=" * (-len(compact) % 4)  # some writers drop the padding
+        if len(compact) % 4:  # some writers drop the padding (a copy only for those)
+            compact += b"=" * (-len(compact) % 4)
         try:
             # strict mode: the alphabet and the padding checked in C (b64decode's validate=True
             # runs a regex over the whole body first)

@@ -143,9 +143,14 @@ class ListenerSettings:
         return (self.pseudonymise or keyed_pseudonym(self.pseudonym_key))(address)
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class InboundMessage:
-    """One message as received: what ``process`` gets."""
+    """One message as received: what ``process`` gets.
+
+    ``content`` is the only reference to the message once ``process`` has it (the session lets
+    go of its copy); ``release`` drops it once translated, so a big message in flight is held
+    once (as received, then as translated), never twice.
+    """
 
     network: str  # the network it entered from
     mail_from: str  # as received
@@ -155,6 +160,9 @@ class InboundMessage:
     peer: str  # client IP
     tls_peer_cert: bytes | None  # DER of the client certificate, if any
     trace_id: str
+
+    def release(self) -> None:
+        self.content = b""
 
 
 CheckSender = Callable[[str], object]  # raises GatewayError; its result is ignored
@@ -334,17 +342,21 @@ class _Handler:
         if has_bare_cr_or_lf(content):
             bound.warning("mail.refused", stage="DATA", error="BareNewline", reply=550)
             return _render(BARE_NEWLINE)
+        size = len(content)
         message = InboundMessage(
             network=self.settings.network, mail_from=mail_from,
             rcpt_tos=tuple(envelope.rcpt_tos), routed_rcpts=tuple(envelope.routed),
             content=content, peer=_peer_ip(session.peer),
             tls_peer_cert=_peer_certificate(session), trace_id=trace_id)
+        # The message is the only holder of the content from here (see InboundMessage).
+        envelope.content = envelope.original_content = None
+        del raw, content
         budget = self.settings.data_budget
         # aiosmtpd's idle timer is not reset while the handler runs: leave room for the
         # budget, the reply, and the client's next command.
         server._reset_timeout(budget + self.settings.command_timeout)
         started = time.perf_counter()
-        bound.info("message.received", size=len(content), recipients=len(message.rcpt_tos),
+        bound.info("message.received", size=size, recipients=len(message.rcpt_tos),
                    sender=self.settings.pseudo(mail_from))
         try:
             reply = await asyncio.wait_for(self.process(message), timeout=budget)

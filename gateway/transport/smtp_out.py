@@ -23,7 +23,8 @@ ever sent in clear or half-sent. Hence:
   retired after ``max_messages`` transactions or ``idle_seconds`` unused.
 
 The message bytes go through ``SMTP.data`` unchanged except what SMTP itself imposes: line
-endings become CRLF and leading dots are doubled. Content should already be CRLF.
+endings become CRLF and leading dots are doubled. Content should already be CRLF (then
+``smtp_client.Client`` sends it without re-scanning it).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import aiosmtplib
 import structlog
 
 from gateway.errors import DOWNSTREAM_DEFERRED, LOCAL_ERROR, OK, Reply
+from gateway.transport.smtp_client import Client
 
 log = structlog.get_logger("gateway.smtp_out")
 
@@ -182,9 +184,9 @@ async def deliver(hop: NextHop, mail_from: str, rcpts: Sequence[str], raw: bytes
     if not rcpts:
         return LOCAL_ERROR
     started = time.perf_counter()
-    smtp = aiosmtplib.SMTP(hostname=hop.host, port=hop.port, timeout=hop.timeout_seconds,
-                           local_hostname=hop.local_hostname, start_tls=False,
-                           tls_context=hop.ssl_context)
+    smtp = Client(hostname=hop.host, port=hop.port, timeout=hop.timeout_seconds,
+                  local_hostname=hop.local_hostname, start_tls=False,
+                  tls_context=hop.ssl_context)
     try:
         async with asyncio.timeout(hop.timeout_seconds):
             reply, cause = await _transaction(hop, mail_from, rcpts, raw, smtp)
@@ -209,9 +211,9 @@ async def deliver(hop: NextHop, mail_from: str, rcpts: Sequence[str], raw: bytes
 
 
 def _client(hop: NextHop) -> aiosmtplib.SMTP:
-    return aiosmtplib.SMTP(hostname=hop.host, port=hop.port, timeout=hop.timeout_seconds,
-                           local_hostname=hop.local_hostname, start_tls=False,
-                           tls_context=hop.ssl_context)
+    return Client(hostname=hop.host, port=hop.port, timeout=hop.timeout_seconds,
+                  local_hostname=hop.local_hostname, start_tls=False,
+                  tls_context=hop.ssl_context)
 
 
 @dataclass

@@ -74,7 +74,6 @@ _FIELD_NAME_STR = re.compile(r"[\x21-\x39\x3b-\x7e]+")
 _EMPTY_LINE = re.compile(rb"\n\r?\n")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _ANY_EOL = re.compile(rb"\r\n|\r|\n")
-_B64_LINE = 76
 _VALUE_STOP = frozenset(' \t\r\n;"()')
 _FOLD_CHUNK = re.compile(rb"[ \t]*[^ \t]+|[ \t]+")
 
@@ -200,6 +199,13 @@ def _parse_fields(block: bytes, max_headers: int) -> tuple[tuple[str, str], ...]
     return tuple((name, b"".join(parts).strip(b" \t").decode("latin-1")) for name, parts in fields)
 
 
+# The same Content-Type values come back message after message (the smime.p7m and signature
+# parts, the text parts): their parse is remembered. Bounded; a caller gets its own dict.
+_PARAMS_CACHE: dict[tuple[str, bool], tuple[str, dict[str, str]]] = {}
+_PARAMS_CACHE_SIZE = 1024
+_PARAMS_CACHE_VALUE_CHARS = 200
+
+
 def parse_params(value: str, *, media_type: bool) -> tuple[str, dict[str, str]]:
     """Parse ``type/subtype; a=b; c="d"`` (or ``disposition; a=b``) per RFC 2045.
 
@@ -207,6 +213,19 @@ def parse_params(value: str, *, media_type: bool) -> tuple[str, dict[str, str]]:
     Quoted strings may hold ``;`` and backslash escapes; comments are skipped. A duplicate
     parameter is ambiguous and refused; RFC 2231 continuations are not decoded.
     """
+    if len(value) > _PARAMS_CACHE_VALUE_CHARS:
+        return _parse_params(value, media_type)
+    key = (value, media_type)
+    found = _PARAMS_CACHE.get(key)
+    if found is None:
+        found = _parse_params(value, media_type)  # raises on a malformed value: not cached
+        if len(_PARAMS_CACHE) >= _PARAMS_CACHE_SIZE:
+            _PARAMS_CACHE.clear()
+        _PARAMS_CACHE[key] = found
+    return found[0], dict(found[1])
+
+
+def _parse_params(value: str, media_type: bool) -> tuple[str, dict[str, str]]:
     scanner = _Scanner(value)
     scanner.skip_cfws()
     head = scanner.token()
@@ -449,8 +468,8 @@ def _part_end(body: bytes, delimiter: int) -> int:
 
 
 def _base64_lines(data: bytes) -> bytes:
-    encoded = base64.b64encode(data)
-    return b"".join(encoded[i : i + _B64_LINE] + b"\r\n" for i in range(0, len(encoded), _B64_LINE))
+    # encodebytes writes 76-character lines in C; only the line ending needs changing
+    return base64.encodebytes(data).replace(b"\n", b"\r\n")
 
 
 def _pkcs7_mime(der: bytes, smime_type: str) -> bytes:
@@ -511,13 +530,16 @@ def prepend_headers(entity_bytes: bytes, headers: Sequence[tuple[str, str]]) -> 
             raise MalformedError("CR or LF in a header field to write")
         if not _FIELD_NAME_STR.fullmatch(name):
             raise MalformedError("invalid header field name to write")
-        if not value.isascii() or any((c < " " and c != "\t") or c == "\x7f" for c in value):
+        if not value.isascii() or _CONTROL_STR.search(value):
             raise MalformedError("header value must be printable ASCII (RFC 2047 encode it)")
         if name.lower() in existing:
             raise MalformedError(f"{_safe_name(name)} header already present in the entity")
         existing.add(name.lower())
         lines.append(_fold(f"{name}: {value}".encode("ascii")))
     return b"".join(lines) + entity_bytes
+
+
+_CONTROL_STR = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls but HTAB
 
 
 def _fold(field: bytes, width: int = 78) -> bytes:

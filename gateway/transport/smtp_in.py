@@ -371,7 +371,8 @@ class _Handler:
         if not isinstance(reply, Reply):  # a broken ``process``: fail closed
             bound.error("message.bad_reply", error=type(reply).__name__)  # type: ignore[unreachable]
             reply = LOCAL_ERROR
-        bound.info("message.answered", reply=reply.code, status=reply.status,
+        # the gateway's message.done says the same at info level
+        bound.debug("message.answered", reply=reply.code, status=reply.status,
                    duration_ms=round((time.perf_counter() - started) * 1000, 1))
         server._messages += 1
         return _render(reply)

@@ -204,9 +204,11 @@ async def deliver(hop: NextHop, mail_from: str, rcpts: Sequence[str], raw: bytes
                     await smtp.quit()
             except Exception:  # QUIT is a courtesy; the verdict is already known
                 smtp.close()
-    log.info("deliver.result", host=hop.host, port=hop.port, reply=reply.code,
-             status=reply.status, cause=cause, recipients=len(rcpts), size=len(raw),
-             duration_ms=round((time.perf_counter() - started) * 1000, 1))
+    # an acceptance is the app's deliver.done already: its details only at debug level
+    (log.debug if reply.code == OK.code else log.info)(
+        "deliver.result", host=hop.host, port=hop.port, reply=reply.code,
+        status=reply.status, cause=cause, recipients=len(rcpts), size=len(raw),
+        duration_ms=round((time.perf_counter() - started) * 1000, 1))
     return reply
 
 
@@ -276,9 +278,10 @@ class DeliveryPool:
         if connection is not None:
             connection.transactions += 1
             self._release(connection)
-        log.info("deliver.result", host=hop.host, port=hop.port, reply=reply.code,
-                 status=reply.status, cause=cause, recipients=len(rcpts), size=len(raw),
-                 reused=reused, duration_ms=round((time.perf_counter() - started) * 1000, 1))
+        (log.debug if reply.code == OK.code else log.info)(
+            "deliver.result", host=hop.host, port=hop.port, reply=reply.code,
+            status=reply.status, cause=cause, recipients=len(rcpts), size=len(raw),
+            reused=reused, duration_ms=round((time.perf_counter() - started) * 1000, 1))
         return reply
 
     async def _acquire(self) -> tuple[_Connection | None, bool]:

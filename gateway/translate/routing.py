@@ -167,18 +167,31 @@ def _normalise(raw: str) -> str:
     return address
 
 
+# Accepted envelope addresses and their canonical form (a pure function: bounded memo).
+_NORMALISED: dict[str, str] = {}
+_NORMALISED_SIZE = 4096
+
+
 def normalise_address(raw: str, *, sender: bool = False) -> str:
     """The canonical form of an envelope address, or ``RecipientRefused`` (``SenderRefused``
     with ``sender=True``) with the reply ``553 5.1.3`` (``5.1.7``) if it is not acceptable.
     """
+    cached = _NORMALISED.get(raw) if isinstance(raw, str) else None
+    if cached is not None:
+        return cached
     try:
-        return _normalise(raw)
+        address = _normalise(raw)
     except _Bad as exc:
         if sender:
             raise errors.SenderRefused(f"sender address refused: {exc}",
                                        reply=MALFORMED_SENDER) from None
         raise errors.RecipientRefused(f"recipient address refused: {exc}",
                                       reply=MALFORMED_RECIPIENT) from None
+    if len(raw) <= MAX_ADDRESS:  # accepted addresses only; the same few recur all day
+        if len(_NORMALISED) >= _NORMALISED_SIZE:
+            _NORMALISED.clear()
+        _NORMALISED[raw] = address
+    return address
 
 
 def _domain_pattern(pattern: str) -> str:

@@ -80,6 +80,9 @@ class GatewaySettings:
     max_sessions_per_ip: int = 20
     rate_limit_per_minute: int = 120  # per envelope sender
     max_depth: int = 6  # MIME / S/MIME nesting
+    # Messages up to this size are translated on the event loop (see Gateway._relay); bigger
+    # ones in the thread pool. 0: every translation in the pool.
+    translate_inline_bytes: int = 65_536
 
 
 @dataclass(frozen=True)
@@ -654,7 +657,7 @@ _GATEWAY_KEYS = ("hostname", "max_message_bytes", "max_recipients", "pseudonym_k
                  "data_timeout_seconds", "command_timeout_seconds", "max_sessions",
                  "max_sessions_per_ip",
                  "rate_limit_per_minute", "max_depth", "metrics_listen",
-                 "mlockall")
+                 "mlockall", "translate_inline_bytes")
 _NETWORK_KEYS = ("domains", "trust_anchors", "intermediates", "crls", "smime_cert", "smime_key",
                  "directory", "listen", "tls_cert", "tls_key", "relay", "client_ca",
                  "require_client_cert", "proxy_protocol", "relay_tls_cert", "relay_tls_key",
@@ -709,6 +712,8 @@ def _gateway(c: _Checker, data: Mapping[str, Any]) -> GatewaySettings:
         max_depth=c.integer(table, "max_depth", p, 6, maximum=100),
         metrics_listen=_host_port(c, table, "metrics_listen", p, required=False),
         mlockall=c.boolean(table, "mlockall", p, False),
+        translate_inline_bytes=c.integer(table, "translate_inline_bytes", p, 65_536,
+                                         minimum=0, maximum=1_048_576),
     )
 
 

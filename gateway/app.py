@@ -35,6 +35,7 @@ from gateway.obs import (
     pseudonymise,
     return_freed_memory,
     set_pseudonym_key,
+    stop_with_parent,
 )
 from gateway.translate import routing
 from gateway.translate.context import NETWORKS, Runtime, build_runtime, other
@@ -497,10 +498,16 @@ def supervise(config: Config, count: int) -> int:
     stopping = False
 
     def spawn(slot: int) -> None:
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker: its own loop, listeners, thread pool
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(signum, signal.SIG_DFL)
+            # A supervisor that dies (SIGKILL, OOM) takes its workers along: they drain and
+            # exit instead of serving on, orphaned and unmanaged, on the shared ports.
+            stop_with_parent()
+            if os.getppid() != parent:  # it died before the line above
+                os._exit(0)
             structlog.contextvars.bind_contextvars(worker=slot)
             code = 1
             try:

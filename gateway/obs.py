@@ -126,6 +126,18 @@ def return_freed_memory(threshold: int = 256 * 1024) -> bool:
         return False
 
 
+def stop_with_parent() -> bool:
+    """prctl(PR_SET_PDEATHSIG, SIGTERM): this process gets SIGTERM when its parent dies."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def lock_memory() -> bool:
     """mlockall(MCL_CURRENT | MCL_FUTURE): keep decrypted content out of swap. Needs
     CAP_IPC_LOCK or a high enough RLIMIT_MEMLOCK (systemd: LimitMEMLOCK=infinity)."""

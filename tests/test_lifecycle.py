@@ -99,8 +99,12 @@ def running(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Running]
         yield Running(pki, ports["a_in"], proc, sink, log_path)
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         controller.stop()
 
 
@@ -309,3 +313,27 @@ def test_workers_share_the_metrics_port(running: Running, workers: int) -> None:
     assert not [e for e in events if e["event"] == "worker.died"]
     started = [e for e in events if e["event"] == "metrics.started"]
     assert len(started) == 2
+
+
+def _exited(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")  # a zombie has exited: only its parent's reaping is left
+
+
+@pytest.mark.parametrize("workers", [2])
+def test_workers_leave_when_the_supervisor_is_killed(running: Running, workers: int) -> None:
+    """A SIGKILLed supervisor takes its workers along (PR_SET_PDEATHSIG): none serves on."""
+    _wait_event(running.log_path, "gateway.ready", count=workers)
+    pid = running.proc.pid
+    children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    assert len(children) == workers
+    running.proc.kill()
+    running.proc.wait()
+    deadline = time.monotonic() + 30
+    while not all(_exited(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_exited(c) for c in children)
+

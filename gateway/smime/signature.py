@@ -48,6 +48,7 @@ from gateway.errors import (
     UntrustedSigner,
     WeakAlgorithm,
 )
+from gateway.smime import der
 from gateway.smime.model import Identity, Signer, Verified
 from gateway.smime.trust import TrustStore, email_addresses
 
@@ -59,6 +60,8 @@ _OID_CONTENT_TYPE = "1.2.840.113549.1.9.3"
 _OID_MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
 _OID_SIGNING_TIME = "1.2.840.113549.1.9.5"
 _DECODED_ATTRS = frozenset({_OID_CONTENT_TYPE, _OID_MESSAGE_DIGEST, _OID_SIGNING_TIME})
+# The names asn1crypto gives the content types it knows (its ContentType map).
+_CONTENT_TYPE_NAMES: dict[str, str] = dict(asn1_cms.ContentType._map)
 
 # Digest allow-list: OID -> (hashlib name, cryptography hash).
 _DIGESTS: dict[str, tuple[str, type[hashes.HashAlgorithm]]] = {
@@ -183,6 +186,144 @@ def verify(
 
 
 def _parse(data: bytes) -> _Signed:
+    try:  # the common shape, read directly; anything else goes to asn1crypto
+        return _parse_der(bytes(data))
+    except der.Unsupported:
+        pass
+    return _parse_general(data)
+
+
+def _parse_der(data: bytes) -> _Signed:
+    """``_parse_general``'s result for plain DER of the usual shape (``der.Unsupported``
+    otherwise): ContentInfo, SignedData without BER, one SignerInfo, certificates only,
+    PKCS#1 v1.5 or ECDSA, UTCTime/GeneralizedTime signing time in their plain forms."""
+    try:
+        top = der.only(data, 0, len(data), der.SEQUENCE)
+        info = der.children(data, top[2], top[3])
+        if len(info) != 2 or der.oid(data, info[0]) != _OID_SIGNED_DATA:
+            raise der.Unsupported
+        wrapper = der.expect(info[1], der.CONTEXT_0)
+        body = der.only(data, wrapper[2], wrapper[3], der.SEQUENCE)
+        fields = der.children(data, body[2], body[3])
+        tags = [f[0] for f in fields]
+        if tags[:3] != [der.INTEGER, der.SET, der.SEQUENCE] or tags[-1] != der.SET:
+            raise der.Unsupported
+        middle = tags[3:-1]
+        if middle not in ([], [der.CONTEXT_0], [der.CONTEXT_1], [der.CONTEXT_0, der.CONTEXT_1]):
+            raise der.Unsupported
+        encap = der.children(data, fields[2][2], fields[2][3])
+        if not 1 <= len(encap) <= 2:
+            raise der.Unsupported
+        content_type = der.oid(data, encap[0])
+        if content_type != _OID_DATA:  # asn1crypto types eContent by it: its reading decides
+            raise der.Unsupported
+        econtent: bytes | None = None
+        if len(encap) == 2:
+            explicit = der.expect(encap[1], der.CONTEXT_0)
+            octets = der.only(data, explicit[2], explicit[3], der.OCTET_STRING)
+            econtent = der.content(data, octets)
+        certificates: list[tuple[asn1_cms.Certificate, x509.Certificate]] = []
+        if middle and middle[0] == der.CONTEXT_0:
+            for choice in der.children(data, fields[3][2], fields[3][3]):
+                cert_der = der.whole(data, der.expect(choice, der.SEQUENCE))
+                certificates.append((asn1_cms.Certificate.load(cert_der),
+                                     _load_certificate(cert_der)))
+        signer_infos = der.children(data, fields[-1][2], fields[-1][3])
+        if len(signer_infos) != 1:
+            raise der.Unsupported  # the general parser says how many, with its error
+        signer = _signer_info_der(data, der.expect(signer_infos[0], der.SEQUENCE))
+    except der.Unsupported:
+        raise
+    except Exception:  # e.g. a certificate cryptography cannot read: the general parser says
+        raise der.Unsupported from None
+    return _Signed(content_type, econtent, certificates, signer)
+
+
+def _signer_info_der(data: bytes, element: der.Element) -> _SignerInfo:
+    fields = der.children(data, element[2], element[3])
+    if len(fields) < 5:
+        raise der.Unsupported
+    der.integer(data, fields[0])  # version: read, not judged (as asn1crypto)
+    sid = fields[1]
+    issuer_serial: tuple[asn1_cms.Name, int] | None = None
+    key_identifier: bytes | None = None
+    if sid[0] == der.SEQUENCE:
+        parts = der.children(data, sid[2], sid[3])
+        if len(parts) != 2 or parts[0][0] != der.SEQUENCE:
+            raise der.Unsupported
+        issuer_serial = (asn1_cms.Name.load(der.whole(data, parts[0])),
+                         der.integer(data, parts[1]))
+    elif sid[0] == der.CONTEXT_0_PRIMITIVE:
+        key_identifier = der.content(data, sid)
+    else:
+        raise der.Unsupported
+    digest_oid = _algorithm_der(data, fields[2])
+    rest = fields[3:]
+    signed_attrs: list[tuple[str, list[object]]] | None = None
+    signed_attrs_der: bytes | None = None
+    if rest[0][0] == der.CONTEXT_0:
+        attrs = rest[0]
+        signed_attrs = [_attribute_der(data, a) for a in der.children(data, attrs[2], attrs[3])]
+        signed_attrs_der = b"\x31" + data[attrs[1] + 1 : attrs[3]]
+        rest = rest[1:]
+    if len(rest) not in (2, 3) or (len(rest) == 3 and rest[2][0] != der.CONTEXT_1):
+        raise der.Unsupported
+    signature_oid = _algorithm_der(data, rest[0])
+    if signature_oid == _PSS:
+        raise der.Unsupported  # its parameters are read by the general parser
+    return _SignerInfo(
+        issuer_serial=issuer_serial,
+        key_identifier=key_identifier,
+        digest_oid=digest_oid,
+        signature_oid=signature_oid,
+        pss=None,
+        signed_attrs=signed_attrs,
+        signed_attrs_der=signed_attrs_der,
+        signature=der.content(data, der.expect(rest[1], der.OCTET_STRING)),
+    )
+
+
+def _algorithm_der(data: bytes, element: der.Element) -> str:
+    """The OID of an AlgorithmIdentifier whose parameters are absent or NULL."""
+    parts = der.children(data, der.expect(element, der.SEQUENCE)[2], element[3])
+    if not 1 <= len(parts) <= 2 or (len(parts) == 2 and der.whole(data, parts[1]) != b"\x05\x00"):
+        raise der.Unsupported
+    return der.oid(data, parts[0])
+
+
+def _attribute_der(data: bytes, element: der.Element) -> tuple[str, list[object]]:
+    parts = der.children(data, der.expect(element, der.SEQUENCE)[2], element[3])
+    if len(parts) != 2:
+        raise der.Unsupported
+    oid = der.oid(data, parts[0])
+    values = der.children(data, der.expect(parts[1], der.SET)[2], parts[1][3])
+    if oid not in _DECODED_ATTRS:
+        return oid, []
+    if oid == _OID_CONTENT_TYPE:
+        # asn1crypto names the OIDs it knows ("data"); the same names here
+        return oid, [_CONTENT_TYPE_NAMES.get(d, d) for d in (der.oid(data, v) for v in values)]
+    if oid == _OID_MESSAGE_DIGEST:
+        return oid, [der.content(data, der.expect(v, der.OCTET_STRING)) for v in values]
+    return oid, [_time_der(data, v) for v in values]
+
+
+def _time_der(data: bytes, value: der.Element) -> dt.datetime:
+    text = der.content(data, value).decode("ascii")
+    if value[0] == der.UTC_TIME and len(text) == 13 and text[12] == "Z" and text[:12].isdigit():
+        year = int(text[:2])
+        year += 2000 if year < 50 else 1900  # RFC 5280: UTCTime is 1950..2049
+        rest = text[2:12]
+    elif (value[0] == der.GENERALIZED_TIME and len(text) == 15 and text[14] == "Z"
+          and text[:14].isdigit() and text[:4] != "0000"):
+        year = int(text[:4])
+        rest = text[4:14]
+    else:
+        raise der.Unsupported
+    return dt.datetime(year, int(rest[0:2]), int(rest[2:4]), int(rest[4:6]), int(rest[6:8]),
+                       int(rest[8:10]), tzinfo=dt.UTC)
+
+
+def _parse_general(data: bytes) -> _Signed:
     with _parsing("ContentInfo"):
         info = asn1_cms.ContentInfo.load(data, strict=True)
         if info["content_type"].dotted != _OID_SIGNED_DATA:

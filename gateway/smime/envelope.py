@@ -45,6 +45,7 @@ from gateway.errors import (
     RecipientCertificateError,
     UnsupportedAlgorithm,
 )
+from gateway.smime import der
 from gateway.smime.model import Identity, Layer, LayerKind
 
 __all__ = ["decrypt", "encrypt"]
@@ -85,6 +86,9 @@ _ECDH_SCHEMES = {
 _ECDH_SEAL_SCHEME = "1.3.132.1.11.1"  # dhSinglePass-stdDH-sha256kdf-scheme, what we write
 _KEY_WRAPS = {"aes128_wrap": 16, "aes192_wrap": 24, "aes256_wrap": 32}
 _BLOCK = 16
+_OID_ENVELOPED_DATA = "1.2.840.113549.1.7.3"
+# The names asn1crypto gives the content-encryption algorithms it knows.
+_ENCRYPTION_NAMES: dict[str, str] = dict(algos.EncryptionAlgorithmId._map)
 # The one reason given for every failure after a PKCS#1 v1.5 unwrap (see the module rules).
 _OPAQUE_FAILURE = "the message key could not be recovered with the gateway's key"
 # Normalised issuer names by their encoding: RFC 4518 string preparation costs ~0.2 ms a name,
@@ -209,6 +213,76 @@ def _parse(data: bytes) -> _Envelope:
     data = bytes(data)
     if not data:
         raise MalformedError("empty CMS input")
+    try:  # the common shape, read directly; anything else goes to asn1crypto
+        return _parse_der(data)
+    except der.Unsupported:
+        pass
+    return _parse_general(data)
+
+
+def _parse_der(data: bytes) -> _Envelope:
+    """``_parse_general``'s result for plain DER of the usual shape (``der.Unsupported``
+    otherwise): an EnvelopedData without originator info or attributes, key-transport
+    recipients only, AES-CBC content encrypted in one piece."""
+    try:
+        top = der.only(data, 0, len(data), der.SEQUENCE)
+        info = der.children(data, top[2], top[3])
+        if len(info) != 2 or der.oid(data, info[0]) != _OID_ENVELOPED_DATA:
+            raise der.Unsupported
+        wrapper = der.expect(info[1], der.CONTEXT_0)
+        body = der.only(data, wrapper[2], wrapper[3], der.SEQUENCE)
+        fields = der.children(data, body[2], body[3])
+        if [f[0] for f in fields] != [der.INTEGER, der.SET, der.SEQUENCE]:
+            raise der.Unsupported
+        der.integer(data, fields[0])
+        recipients = tuple(_ktri_der(data, r) for r in der.children(data, *fields[1][2:]))
+        eci = der.children(data, fields[2][2], fields[2][3])
+        if len(eci) != 3 or eci[2][0] != der.CONTEXT_0_PRIMITIVE:
+            raise der.Unsupported  # detached, or BER chunks (openssl -stream)
+        der.oid(data, eci[0])
+        algorithm = der.children(data, der.expect(eci[1], der.SEQUENCE)[2], eci[1][3])
+        name = _ENCRYPTION_NAMES.get(der.oid(data, algorithm[0]), "")
+        if name not in _CBC_KEY_LENGTHS or len(algorithm) != 2:
+            raise der.Unsupported
+        iv = der.content(data, der.expect(algorithm[1], der.OCTET_STRING))
+        if len(iv) != _BLOCK:
+            raise der.Unsupported
+        return _Envelope(kind="enveloped", recipients=recipients,
+                         recipient_count=len(recipients), content_algorithm=name, iv=iv,
+                         ciphertext=der.content(data, eci[2]), mac=b"", aad=b"")
+    except der.Unsupported:
+        raise
+    except Exception:  # whatever the general parser would say, it says it
+        raise der.Unsupported from None
+
+
+def _ktri_der(data: bytes, element: der.Element) -> _Recipient:
+    fields = der.children(data, der.expect(element, der.SEQUENCE)[2], element[3])
+    if [f[0] for f in fields][:1] != [der.INTEGER] or len(fields) != 4:
+        raise der.Unsupported
+    der.integer(data, fields[0])
+    rid = fields[1]
+    algorithm = der.expect(fields[2], der.SEQUENCE)
+    if len(der.children(data, algorithm[2], algorithm[3])) not in (1, 2):
+        raise der.Unsupported
+    encrypted_key = der.content(data, der.expect(fields[3], der.OCTET_STRING))
+    key_algorithm = asn1_cms.KeyEncryptionAlgorithm.load(der.whole(data, algorithm))
+    if rid[0] == der.SEQUENCE:
+        parts = der.children(data, rid[2], rid[3])
+        if len(parts) != 2 or parts[0][0] != der.SEQUENCE:
+            raise der.Unsupported
+        return _Recipient(method="ktri", rid_kind="issuer-serial",
+                          issuer=_name_key(asn1_x509.Name.load(der.whole(data, parts[0]))),
+                          serial=der.integer(data, parts[1]), ski=None,
+                          algorithm=key_algorithm, encrypted_key=encrypted_key)
+    if rid[0] == der.CONTEXT_0_PRIMITIVE:
+        return _Recipient(method="ktri", rid_kind="ski", issuer=None, serial=None,
+                          ski=der.content(data, rid), algorithm=key_algorithm,
+                          encrypted_key=encrypted_key)
+    raise der.Unsupported
+
+
+def _parse_general(data: bytes) -> _Envelope:
     with _parsing("ContentInfo"):
         info = asn1_cms.ContentInfo.load(data, strict=True)
         content_type = info["content_type"].native

@@ -13,7 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import GatewayError, LimitExceeded, MalformedError, MessageTooBig
-from gateway.formats.mime_limits import MimeLimits, check_limits, parse_message, scan_mime
+from gateway.formats.mime_limits import (
+    PARSE_POLICY,
+    MimeLimits,
+    _single_leaf,
+    check_limits,
+    parse_message,
+    scan_mime,
+)
 
 SIMPLE = (
     b"From: a@example.org\r\nTo: b@example.org\r\nSubject: hello\r\n"
@@ -263,3 +270,48 @@ def test_close_delimiter_swallowed_after_separator_cannot_hide_parts() -> None:
     small = b"Content-Type: multipart/mixed; boundary=a\r\n\r\n" + unit * 3
     stats = scan_mime(small)
     assert _walk_stats(parse_message(small)) == (stats.parts, stats.depth) == (3, 1)
+
+
+# --- the single-leaf shortcut gives what email's parser gives -----------------------------------
+
+_FIELDS = st.sampled_from([
+    b"Content-Type: text/plain; charset=ISO-8859-1",
+    b"Content-Type: text/plain; charset=\"utf-8\"; format=flowed",
+    b"Content-Type: TEXT/Plain",
+    b"Content-Type: application/pdf; name=\"cr.pdf\"",
+    b"Content-Type: multipart/mixed; boundary=x",
+    b"Content-Type: message/rfc822",
+    b"Content-Type: text",
+    b"Content-Type:",
+    b"Content-Transfer-Encoding: quoted-printable",
+    b"Content-Transfer-Encoding: base64",
+    b"Content-Disposition: attachment; filename=\"a b.txt\"",
+    b"Subject: =?utf-8?q?r=C3=A9sultat?=",
+    b"X-Odd:value:with:colons",
+    b"X-Empty:",
+    b" folded continuation",
+    b"\tfolded tab",
+    b"From nobody Mon Jan 1 00:00:00 2024",
+    b"no colon here",
+    b"Caf\xe9: 8bit",
+    b"X-Bare: a\rb",
+    b"X-LF: a\nb",
+])
+
+
+@settings(max_examples=600, deadline=None)
+@given(fields=st.lists(_FIELDS, max_size=6),
+       body=st.binary(max_size=200) | st.sampled_from([b"", b"text\r\n", b"a\nb\rc\r\n\r\n"]))
+def test_single_leaf_shortcut_matches_the_email_parser(fields: list[bytes], body: bytes) -> None:
+    raw = b"\r\n".join(fields) + b"\r\n\r\n" + body
+    leaf = _single_leaf(raw)
+    if leaf is None:
+        return
+    parsed = email.message_from_bytes(raw, policy=PARSE_POLICY)
+    assert leaf._headers == parsed._headers  # type: ignore[attr-defined]
+    assert leaf.get_payload() == parsed.get_payload()
+    assert leaf.get_content_type() == parsed.get_content_type()
+    assert leaf.get_params() == parsed.get_params()
+    assert leaf.get_payload(decode=True) == parsed.get_payload(decode=True)
+    assert leaf.is_multipart() is parsed.is_multipart() is False
+    assert [type(d) for d in leaf.defects] == [type(d) for d in parsed.defects]

@@ -439,9 +439,45 @@ def scan_mime(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> MimeStats:
     return MimeStats(parts=parts, depth=deepest)
 
 
+_SIMPLE_FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+:[^\r\n]*")
+
+
+def _single_leaf(raw: bytes) -> EmailMessage | None:
+    """What ``email`` makes of ``raw`` when it is one leaf entity with plain header lines,
+    built without its line-by-line feed parser; None for anything else (then it parses).
+
+    Plain: CRLF line endings in the header block, no folded or odd lines, ASCII, and a type
+    that is neither multipart nor message (those the parser splits or recurses into). The
+    fields are stored as the parser stores them (``header_source_parse`` of each line), and
+    the body as its payload, decoded as the parser decodes it.
+    """
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    block = raw[:end]
+    if b"\n" in block.replace(b"\r\n", b"") or b"\r" in block.replace(b"\r\n", b""):
+        return None
+    lines = block.split(b"\r\n")
+    if not all(_SIMPLE_FIELD.fullmatch(line) for line in lines) or not block.isascii():
+        return None
+    msg = EmailMessage(policy=PARSE_POLICY)  # PARSE_POLICY.message_factory
+    for line in lines:
+        msg.set_raw(*PARSE_POLICY.header_source_parse([line.decode("ascii") + "\r\n"]))
+    if msg.get_content_maintype() in ("multipart", "message"):
+        return None
+    msg.set_payload(raw[end + 4 :].decode("ascii", "surrogateescape"))
+    return msg
+
+
 def parse_message(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> EmailMessage:
     """Check ``raw`` against ``limits``, then parse it with ``policy.default`` semantics."""
     check_limits(raw, limits)
+    try:
+        leaf = _single_leaf(bytes(raw))
+    except Exception as exc:  # the parser's own verdict on odd fields, as below
+        raise MalformedError("unparseable MIME message") from exc
+    if leaf is not None:
+        return leaf
     try:
         msg = email.message_from_bytes(bytes(raw), policy=PARSE_POLICY)
     except RecursionError as exc:  # cannot happen within max_depth, kept as a last guard

@@ -189,7 +189,7 @@ class Gateway:
             data_budget=float(g.data_timeout_seconds), max_sessions=g.max_sessions,
             max_sessions_per_ip=g.max_sessions_per_ip,
             rate_limit_per_minute=g.rate_limit_per_minute, pseudonymise=pseudonymise,
-            proxy_protocol=net.proxy_protocol,
+            proxy_protocol=net.proxy_protocol, require_starttls=net.require_starttls,
         )
 
     async def start(self, *, reuse_port: bool = False) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import codecs
 import datetime as dt
 import encodings.idna
+import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -129,6 +130,9 @@ class NetworkConfig:
     client_ca: Path | None = None
     require_client_cert: bool = False
     proxy_protocol: bool = False  # the listener expects a PROXY header (behind a balancer)
+    # False: MAIL without STARTTLS is accepted (Postfix's before-queue proxy speaks plain SMTP
+    # to its filter); only on a loopback ``listen`` address, never with require_client_cert.
+    require_starttls: bool = True
     relay_tls_cert: Path | None = None
     relay_tls_key: Path | None = None
     relay_tls_verify: bool = True
@@ -660,7 +664,8 @@ _GATEWAY_KEYS = ("hostname", "max_message_bytes", "max_recipients", "pseudonym_k
                  "mlockall", "translate_inline_bytes")
 _NETWORK_KEYS = ("domains", "trust_anchors", "intermediates", "crls", "smime_cert", "smime_key",
                  "directory", "listen", "tls_cert", "tls_key", "relay", "client_ca",
-                 "require_client_cert", "proxy_protocol", "relay_tls_cert", "relay_tls_key",
+                 "require_client_cert", "proxy_protocol", "require_starttls",
+                 "relay_tls_cert", "relay_tls_key",
                  "relay_tls_verify",
                  "relay_ca", "charset", "utf8_recipients", "imap", "rewrite")
 _IMAP_KEYS = ("host", "port", "user", "password_file", "mailbox", "processing_folder",
@@ -816,6 +821,13 @@ def _rewrite(c: _Checker, net: Mapping[str, Any], prefix: str) -> RewriteRule | 
     return None
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def _network(c: _Checker, name: str, table: Mapping[str, Any]) -> NetworkConfig:
     p = f"networks.{name}"
     c.unknown_keys(table, _NETWORK_KEYS, p)
@@ -859,6 +871,15 @@ def _network(c: _Checker, name: str, table: Mapping[str, Any]) -> NetworkConfig:
         c.key_pair(p, "tls_cert", "tls_key", cert_path=tls_cert, key_path=tls_key,
                    what="the TLS certificate")
     relay = _host_port(c, table, "relay", p, required=True)
+    require_starttls = c.boolean(table, "require_starttls", p, True)
+    if not require_starttls:
+        host = (listen or "").rpartition(":")[0].strip("[]")
+        if listen is not None and not _is_loopback(host):
+            c.problem(f"{p}.require_starttls",
+                      "false only on a loopback listen address (127.0.0.0/8 or ::1)")
+        if c.boolean(table, "require_client_cert", p, False):
+            c.problem(f"{p}.require_starttls",
+                      "false cannot go with require_client_cert = true (no TLS, no certificate)")
 
     client_ca = c.path(table, "client_ca", p)
     c.certificates(f"{p}.client_ca", client_ca)
@@ -901,6 +922,7 @@ def _network(c: _Checker, name: str, table: Mapping[str, Any]) -> NetworkConfig:
         listen=listen, tls_cert=tls_cert, tls_key=tls_key, client_ca=client_ca,
         require_client_cert=c.boolean(table, "require_client_cert", p, False),
         proxy_protocol=c.boolean(table, "proxy_protocol", p, False),
+        require_starttls=require_starttls,
         relay_tls_cert=relay_cert, relay_tls_key=relay_key,
         relay_tls_verify=c.boolean(table, "relay_tls_verify", p, True), relay_ca=relay_ca,
         charset=charset, utf8_recipients=tuple(utf8), imap=imap,

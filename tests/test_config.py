@@ -408,6 +408,20 @@ def test_relay_client_pair(tmp_path: Path, base: dict[str, Any]) -> None:
     assert has(problems, "networks.mssante.relay_tls_key", "go together")
 
 
+def test_require_starttls_false_only_on_loopback(tmp_path: Path, base: dict[str, Any]) -> None:
+    net = base["networks"]["apicrypt"]
+    net["require_starttls"] = False
+    net["listen"] = "127.0.0.1:2525"
+    config = load_config(write(tmp_path, base))  # no problem
+    assert config.network("apicrypt").require_starttls is False
+    assert config.network("mssante").require_starttls is True
+    net["listen"] = "0.0.0.0:2525"
+    net["require_client_cert"] = True
+    problems = problems_of(write(tmp_path, base))
+    assert has(problems, "networks.apicrypt.require_starttls", "loopback")
+    assert has(problems, "networks.apicrypt.require_starttls", "require_client_cert")
+
+
 # --- syntax helpers ----------------------------------------------------------------------------
 
 

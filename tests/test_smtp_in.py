@@ -164,6 +164,23 @@ async def test_starttls_required_before_mail(tls_in: TlsFiles) -> None:
     assert rec.messages == []
 
 
+async def test_plain_smtp_when_starttls_is_not_required(tls_in: TlsFiles) -> None:
+    """require_starttls = false (Postfix's before-queue proxy on loopback): plain MAIL works,
+    STARTTLS is still offered, and the message is processed like any other."""
+    rec = Recorder()
+    async with listener(settings_for(tls_in, require_starttls=False), rec) as port:
+        smtp = await connect(port, tls_in, starttls=False)
+        await smtp.ehlo()
+        assert smtp.supports_extension("starttls")
+        assert (await code_of(smtp.mail(SENDER)))[0] == 250
+        assert (await code_of(smtp.rcpt(RCPT)))[0] == 250
+        code, _ = await code_of(smtp.data(BODY))
+        await smtp.quit()
+    assert code == 250
+    [message] = rec.messages
+    assert message.content == BODY and message.tls_peer_cert is None
+
+
 async def test_too_many_recipients(tls_in: TlsFiles) -> None:
     async with listener(settings_for(tls_in, max_recipients=2), Recorder()) as port:
         smtp = await connect(port, tls_in)

@@ -138,6 +138,9 @@ class ListenerSettings:
     # Only for listeners that nothing but the balancer can reach.
     proxy_protocol: bool = False
     proxy_timeout: float = 5.0
+    # False: MAIL without STARTTLS is accepted, for Postfix's before-queue proxy (plain SMTP
+    # to its filter); config.py allows it on a loopback listen address only.
+    require_starttls: bool = True
 
     def pseudo(self, address: str) -> str:
         return (self.pseudonymise or keyed_pseudonym(self.pseudonym_key))(address)
@@ -406,7 +409,7 @@ class _Session(SMTP):
             hostname=s.hostname,
             ident="ESMTP",  # no software name or version in the banner
             tls_context=s.ssl_context,
-            require_starttls=True,
+            require_starttls=s.require_starttls,
             data_size_limit=s.max_message_bytes,
             enable_SMTPUTF8=False,
             decode_data=False,

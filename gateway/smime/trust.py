@@ -17,7 +17,9 @@ Rules kept here:
   only fails to prove the absence of one, and we do not hard-fail on missing freshness (CRLs are
   optional in the configuration). CRLs not signed by the issuer are ignored.
 * SHA-1 / MD5 certificate signatures are refused (``WeakAlgorithm``), except the anchor's own
-  self-signature, which proves nothing anyway.
+  self-signature, which proves nothing anyway; so are RSA keys under 2048 bits and EC keys under
+  256 bits anywhere in the chain (S/MIME profiles and ANSSI RGS B1 ask for 2048-bit RSA at
+  least: a key that can be factored proves nothing).
 * Successes are remembered per store (a reload builds a new store) for the same leaf, untrusted
   certificates and purpose within the same minute, and reused only while ``at`` lies inside
   every certificate of the chain's validity window, checked exactly: an expiry is never
@@ -73,6 +75,8 @@ _MAX_DIAGNOSTIC_DEPTH = 10
 _CACHE_SIZE = 4096  # validated chains remembered per store (cleared when full)
 _CACHE_BUCKET_SECONDS = 60
 _DER = Encoding.DER
+_MIN_RSA_BITS = 2048
+_MIN_EC_BITS = 256
 _Ext = TypeVar("_Ext", bound=x509.ExtensionType)
 
 _PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.DOTALL)
@@ -156,6 +160,16 @@ def describe(cert: x509.Certificate) -> str:
         cn = ""
     serial = f"serial={cert.serial_number:x}"
     return f"CN={cn!r} {serial}" if cn else serial
+
+
+def is_weak_key(cert: x509.Certificate) -> bool:
+    """True for an RSA key under 2048 bits or an EC key under 256 bits."""
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        return key.key_size < _MIN_RSA_BITS
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return key.curve.key_size < _MIN_EC_BITS
+    return False
 
 
 def is_weak_signature(cert: x509.Certificate) -> bool:
@@ -298,6 +312,8 @@ class TrustStore:
         for cert in chain[:-1]:
             if is_weak_signature(cert):
                 raise WeakAlgorithm(f"certificate signed with SHA-1 or MD5 ({describe(cert)})")
+            if is_weak_key(cert):
+                raise WeakAlgorithm(f"certificate key too short ({describe(cert)})")
         _check_usage(leaf, purpose)
         for cert, issuer in itertools.pairwise(chain):
             self._check_revocation(cert, issuer)

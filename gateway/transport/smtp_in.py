@@ -66,6 +66,7 @@ MALFORMED_ADDRESS = Reply(553, "5.1.3", "Malformed address")
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
 TIMEOUT_CLOSING = Reply(421, "4.4.2", "Timeout, closing connection")
+TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")
 
 # aiosmtpd's own reply strings -> ours (exact matches; anything else goes out as aiosmtpd
 # wrote it: syntax help and sequence errors, which carry nothing internal).
@@ -272,7 +273,10 @@ class _Handler:
     async def handle_EHLO(self, server: SMTP, session: Any, envelope: Any, hostname: str,
                           responses: list[str]) -> list[str]:
         session.host_name = hostname
-        return [*responses[:-1], "250-ENHANCEDSTATUSCODES", responses[-1]]
+        # No AUTH: the listener has no authenticator (aiosmtpd would offer LOGIN and PLAIN and
+        # ask clients for credentials it can only refuse).
+        kept = [line for line in responses[:-1] if not line.startswith("250-AUTH")]
+        return [*kept, "250-ENHANCEDSTATUSCODES", responses[-1]]
 
     async def handle_PROXY(self, server: SMTP, session: Any, envelope: Any,
                            proxy_data: Any) -> bool:
@@ -415,6 +419,7 @@ class _Session(SMTP):
             decode_data=False,
             timeout=s.command_timeout,
             proxy_protocol_timeout=s.proxy_timeout if s.proxy_protocol else None,
+            auth_exclude_mechanism=["LOGIN", "PLAIN"],
             loop=loop,
         )
         self._state = state
@@ -508,6 +513,15 @@ class _Session(SMTP):
             await self.push(status)
             return
         await super().smtp_MAIL(arg)
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        # aiosmtpd would answer 220 again and nest a second TLS layer (RFC 3207: STARTTLS is
+        # not offered once TLS is up).
+        if self._tls_protocol is not None:
+            await self.push(str(TLS_ALREADY_ACTIVE))
+            return
+        await super().smtp_STARTTLS(arg)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:

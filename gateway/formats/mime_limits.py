@@ -486,4 +486,9 @@ def parse_message(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> EmailMessa
         raise MalformedError("unparseable MIME message") from exc
     if not isinstance(msg, EmailMessage):  # pragma: no cover - policy.default builds these
         raise MalformedError("unparseable MIME message")
+    for part in msg.walk():
+        # A multipart whose boundary is missing, empty or never met is kept by ``email`` as
+        # text, with a defect: re-emitted, it would be an empty multipart (the content lost).
+        if part.get_content_maintype() == "multipart" and not part.is_multipart():
+            raise MalformedError("multipart entity without a usable boundary")
     return msg

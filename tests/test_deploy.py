@@ -263,10 +263,13 @@ def test_postfix_front_snippet_facts() -> None:
     # The re-injection service the gateway relays to listens on loopback only, with TLS.
     assert re.search(r"^127\.0\.0\.1:10026 +inet", master, re.M)
     assert "smtpd_tls_security_level=encrypt" in master
-    # Mode B stays commented out until the gateway can skip STARTTLS for loopback peers.
+    # Mode B is the commented alternative to mode A (one smtpd, one way to reach the gateway).
     assert not re.search(r"^\s+-o smtpd_proxy_filter", master, re.M)
+    assert "#   -o smtpd_proxy_filter=127.0.0.1:2587" in master
     readme = (DEPLOY / "postfix" / "README.md").read_text()
-    assert "require_starttls = false" in readme and "planned" in readme
+    # the gateway side of mode B: plain SMTP from Postfix's proxy, on loopback only
+    assert 'listen = "127.0.0.1:2587"' in readme and "require_starttls = false" in readme
+    assert "planned" not in readme
     assert "speed_adjust" in readme
 
 

@@ -36,7 +36,7 @@ import aiosmtplib
 from aiosmtpd.smtp import SMTP
 from cryptography import x509
 
-from bench.relay import RECIPIENT, SENDER, Sink, free_port, rss_mb
+from bench.relay import RECIPIENT, SENDER, Sink, free_ports, rss_mb
 from gateway.devpki import alias_of, init_pki, user_identity
 from gateway.smime.unwrap import seal
 
@@ -89,7 +89,7 @@ class Running:
 
 async def start(root: Path) -> Running:
     shutil.rmtree(root, ignore_errors=True)
-    ports = {k: free_port() for k in ("a_in", "a_out", "m_in", "m_out")}
+    ports = dict(zip(("a_in", "a_out", "m_in", "m_out"), free_ports(4), strict=True))
     init_pki(root, force=True, apicrypt_port=ports["a_in"], apicrypt_relay_port=ports["a_out"],
              mssante_port=ports["m_in"], mssante_relay_port=ports["m_out"])
     cfg = root / "gateway.toml"

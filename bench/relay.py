@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import re
@@ -44,10 +45,15 @@ RECIPIENT = "marie.curie@hopital-test.mssante.fr"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports: every socket is held until all are chosen (a
+    port closed and asked again can come back, and a listener of this run would then answer
+    in place of the gateway)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def process_tree(pid: int) -> list[int]:
@@ -182,7 +188,7 @@ def rsa_floor_ms() -> float:
 
 
 async def bench(args: argparse.Namespace, root: Path, workers: int) -> dict[str, float]:
-    ports = {k: free_port() for k in ("a_in", "a_out", "m_in", "m_out")}
+    ports = dict(zip(("a_in", "a_out", "m_in", "m_out"), free_ports(4), strict=True))
     init_pki(root, force=True, apicrypt_port=ports["a_in"], apicrypt_relay_port=ports["a_out"],
              mssante_port=ports["m_in"], mssante_relay_port=ports["m_out"])
     cfg = root / "gateway.toml"

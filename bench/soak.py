@@ -42,7 +42,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -57,6 +56,7 @@ from aiosmtpd.smtp import SMTP
 from cryptography import x509
 
 from bench.faultproxy import ALL_KINDS, FaultPlan, FaultProxy, FaultySink
+from bench.relay import free_ports
 from gateway.devpki import alias_of, init_pki, user_identity
 from gateway.smime.unwrap import seal
 
@@ -91,12 +91,6 @@ GATEWAY_VIEW = {
     "data_451": "DATA refused 451 -> 451",
     "data_550": "DATA refused 550 -> 550",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def forbidden_strings() -> list[str]:
@@ -182,11 +176,17 @@ class GatewayProcess:
         self.starts += 1
 
     async def wait_listening(self, port: int, timeout: float = 30.0) -> None:
+        """Until this start's ``gateway.ready`` is in the log and ``port`` answers: a port
+        that answers is not proof enough, something else may hold it."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited early with {self.proc.returncode}")
+                raise RuntimeError(f"gateway exited early with {self.proc.returncode}:\n"
+                                   + self.log_tail())
+            if self.log_path.read_bytes().count(b'"gateway.ready"') < self.starts:
+                await asyncio.sleep(0.05)
+                continue
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", port)
             except OSError:
@@ -194,7 +194,14 @@ class GatewayProcess:
                 continue
             writer.close()
             return
-        raise RuntimeError("gateway did not listen")
+        raise RuntimeError("gateway did not listen:\n" + self.log_tail())
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text("utf-8", "replace").splitlines()[-lines:])
+
+    @property
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
 
     def kill(self) -> None:
         """SIGKILL every process of the gateway (supervisor and workers alike)."""
@@ -387,6 +394,7 @@ class Result:
     finished: bool
     gateway_exit: int | None
     logs: LogCheck
+    died: str = ""  # the log's tail if the gateway exited mid-run with no kill of ours
 
     @property
     def unexplained_550(self) -> list[str]:
@@ -395,14 +403,15 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return (self.finished and not self.lost and not self.held
+        return (self.finished and not self.died and not self.lost and not self.held
                 and not self.unknown_at_sink and self.logs.clean
                 and not self.unexplained_550 and not self.bounced_unexplained
                 and not [i for i in self.bounced_and_delivered if i not in self.by_kill])
 
 
 def configure(root: Path, options: Options) -> dict[str, int]:
-    ports = {k: free_port() for k in ("a_in", "a_out", "m_in", "m_out", "sink")}
+    names = ("a_in", "a_out", "m_in", "m_out", "sink")
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     init_pki(root, force=True, apicrypt_port=ports["a_in"], apicrypt_relay_port=ports["a_out"],
              mssante_port=ports["m_in"], mssante_relay_port=ports["m_out"])
     cfg = root / "gateway.toml"
@@ -466,18 +475,30 @@ async def soak(options: Options, root: Path) -> Result:
     kill_at = sorted(rng.uniform(0.1, 0.9) for _ in range(options.kill_restarts))
     kill_times: list[float] = []
     restarts: list[float] = []
+    restarting = False
+    died: list[str] = []
 
     async def killer() -> None:
+        nonlocal restarting
         for fraction in kill_at:
             while sender.resolved < fraction * len(messages):
                 sender.progress.clear()
                 await sender.progress.wait()
             kill_times.append(time.monotonic())
+            restarting = True
             gateway.kill()
             await asyncio.sleep(rng.uniform(0.0, 0.5))  # senders meet a closed port a while
             gateway.start()
             await gateway.wait_listening(ports["a_in"])
+            restarting = False
             restarts.append(time.monotonic() - kill_times[-1])
+
+    async def watchdog() -> None:
+        # a gateway that exits on its own ends the run at once, its last words in the result
+        while not (gateway.exited and not restarting):
+            await asyncio.sleep(0.2)
+        died.append(gateway.log_tail())
+        sender.stop()
 
     async def reporter() -> None:
         while options.verbose:
@@ -502,7 +523,7 @@ async def soak(options: Options, root: Path) -> Result:
                 sender.stop()
 
         kills.add_done_callback(on_killer_done)
-        helpers = [kills, asyncio.create_task(reporter())]
+        helpers = [kills, asyncio.create_task(reporter()), asyncio.create_task(watchdog())]
         try:
             finished = await sender.run(options.deadline)
         finally:
@@ -518,13 +539,14 @@ async def soak(options: Options, root: Path) -> Result:
         server.close()
         library_log.setLevel(library_level)
     return _result(options, messages, sender, sink, plan, proxy, kill_times, restarts, elapsed,
-                   finished, gateway_exit, check_logs(root / "gateway.log", forbidden_strings()))
+                   finished, gateway_exit, check_logs(root / "gateway.log", forbidden_strings()),
+                   "".join(died))
 
 
 def _result(options: Options, messages: list[tuple[str, bytes]], sender: Sender,
             sink: FaultySink, plan: FaultPlan, proxy: FaultProxy, kill_times: list[float],
             restarts: list[float], elapsed: float, finished: bool, gateway_exit: int | None,
-            logs: LogCheck) -> Result:
+            logs: LogCheck, died: str) -> Result:
     ours = {ident for ident, _ in messages}
     delivered = [i for i, code in sender.final.items() if code == 250]
     bounced = {i: code for i, code in sender.final.items() if code != 250}
@@ -552,7 +574,7 @@ def _result(options: Options, messages: list[tuple[str, bytes]], sender: Sender,
         kill_times=kill_times, restart_seconds=restarts,
         codes=collections.Counter(a.code for tries in sender.attempts.values() for a in tries),
         elapsed=elapsed, finished=finished, gateway_exit=gateway_exit,
-        logs=logs)
+        logs=logs, died=died)
 
 
 def table(r: Result) -> str:
@@ -600,10 +622,12 @@ def table(r: Result) -> str:
         ("log grep (fixture strings)", "clean" if r.logs.clean
          else f"FOUND {len(r.logs.hits)}: " + ", ".join(r.logs.hits[:5])),
         ("gateway exit on SIGTERM", str(r.gateway_exit)),
+        ("gateway died mid-run", "yes, its log ends:" if r.died else "no"),
         ("verdict", "OK" if r.ok else "FAILED"),
     ]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+    out = "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+    return out + ("\n" + r.died if r.died else "")
 
 
 def run(options: Options, workdir: Path | None = None) -> Result:

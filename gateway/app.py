@@ -197,13 +197,18 @@ class Gateway:
             net = self.config.network(name)
             if not net.listen:
                 continue
-            server = await start_listener(
-                self._listener(net),
-                check_sender=functools.partial(self._check_sender, name),
-                route_recipient=functools.partial(self._route_recipient, name),
-                process=self.process,
-                reuse_port=reuse_port,
-            )
+            try:
+                server = await start_listener(
+                    self._listener(net),
+                    check_sender=functools.partial(self._check_sender, name),
+                    route_recipient=functools.partial(self._route_recipient, name),
+                    process=self.process,
+                    reuse_port=reuse_port,
+                )
+            except OSError as exc:  # port taken, address not local, privileged port
+                log.error("listener.failed", network=name, address=net.listen,
+                          error=exc.strerror or str(exc))
+                raise
             self._servers.append(server)
             log.info("listener.started", network=name, address=net.listen)
         self._start_pollers()
@@ -413,7 +418,12 @@ class Gateway:
 async def serve(config: Config, *, reuse_port: bool = False) -> int:
     runtime = build_runtime(config)
     gateway = Gateway(config, runtime)
-    await gateway.start(reuse_port=reuse_port)
+    try:
+        await gateway.start(reuse_port=reuse_port)
+    except OSError:  # logged as listener.failed: an operator's error, not a crash
+        await gateway.stop_accepting()
+        gateway.close()
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals_seen = 0
@@ -453,7 +463,15 @@ async def serve(config: Config, *, reuse_port: bool = False) -> int:
     http = None
     if config.gateway.metrics_listen:
         host, port = _split_hostport(config.gateway.metrics_listen)
-        http = await serve_http(host, port, gateway.metrics, gateway.readiness)
+        try:
+            http = await serve_http(host, port, gateway.metrics, gateway.readiness)
+        except OSError as exc:
+            log.error("listener.failed", network="metrics", address=config.gateway.metrics_listen,
+                      error=exc.strerror or str(exc))
+            keeper.cancel()
+            await gateway.stop_accepting()
+            gateway.close()
+            return 2
         log.info("metrics.started", address=config.gateway.metrics_listen)
     log.info("gateway.ready", hostname=config.gateway.hostname, pid=os.getpid())
     await stop.wait()
@@ -537,11 +555,17 @@ def supervise(config: Config, count: int) -> int:
             break
         slot = children.pop(pid)
         code = os.waitstatus_to_exitcode(wait_status)
+        if code == 2 and not stopping:  # it could not start (a port taken): neither can others
+            log.error("worker.failed_to_start", worker=slot)
+            stopping = True
+            status = 2
+            forward(signal.SIGTERM, None)
+            continue
         if not stopping:
             log.error("worker.died", worker=slot, code=code)
             time.sleep(0.5)  # no tight loop if a worker cannot start at all
             spawn(slot)
-        elif code != 0:
+        elif code != 0 and status == 0:
             status = 1
     log.info("supervisor.stopped", status=status)
     return status

@@ -27,6 +27,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from gateway.smime.certgen import make_ca, make_leaf
+from tests.ports import free_port
 
 DOVECOT = "/usr/sbin/dovecot"
 HOST = "localhost"  # the TLS certificate names "localhost"; /etc/hosts maps it to 127.0.0.1
@@ -78,12 +79,6 @@ service imap-login {{
   chroot =
 }}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -34,8 +34,9 @@ from gateway.transport import tls
 from gateway.transport.dsn import build_dsn
 from gateway.transport.imap_in import Bouncer, ImapPoller, ImapSettings
 from gateway.transport.smtp_in import InboundMessage
-from tests.dovecot import Dovecot, free_port, running_dovecot
+from tests.dovecot import Dovecot, running_dovecot
 from tests.messages import Pki, open_as_recipient, text_entity, user_message
+from tests.ports import free_port, port_map
 
 JEAN = "jean.dupont@medical59.apicrypt.org"
 MARIE = "marie.curie@hopital-test.mssante.fr"
@@ -52,7 +53,7 @@ _MID = re.compile(rb"^Message-ID:\s*(<[^>\r\n]+>)", re.MULTILINE | re.IGNORECASE
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pki, dict[str, int]]:
-    ports = {k: free_port() for k in ("a_in", "a_out", "m_in", "m_out")}
+    ports = port_map("a_in", "a_out", "m_in", "m_out")
     root = tmp_path_factory.mktemp("pki")
     init_pki(root, force=True, apicrypt_port=ports["a_in"], apicrypt_relay_port=ports["a_out"],
              mssante_port=ports["m_in"], mssante_relay_port=ports["m_out"])

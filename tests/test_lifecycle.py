@@ -22,6 +22,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.devpki import init_pki
 from tests.messages import Pki, open_as_recipient, text_entity, text_of, user_message
+from tests.ports import port_map
 
 JEAN = "jean.dupont@medical59.apicrypt.org"
 MARIE = "marie.curie@hopital-test.mssante.fr"
@@ -29,12 +30,6 @@ MARIE_ON_APICRYPT = "marie.curie.mssante@passerelle.apicrypt.org"
 PATIENT = "BERTHELOT"
 SECRET_TEXT = "Hyperkaliémie sévère"
 SUBJECT = "Résultat confidentiel Berthelot"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -75,13 +70,13 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
 def running(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Running]:
     running_workers = request.node.callspec.params.get("workers", 1) if hasattr(
         request.node, "callspec") else 1
-    ports = {k: free_port() for k in ("a_in", "a_out", "m_in", "m_out")}
+    ports = port_map("a_in", "a_out", "m_in", "m_out", "metrics")
     init_pki(tmp_path / "pki", apicrypt_port=ports["a_in"], apicrypt_relay_port=ports["a_out"],
              mssante_port=ports["m_in"], mssante_relay_port=ports["m_out"])
     pki = Pki(tmp_path / "pki")
     pki.config.write_text(pki.config.read_text().replace(
         'log_level = "info"', f'log_level = "info"\nsummary_seconds = 0.5\n'
-                              f'metrics_listen = "127.0.0.1:{free_port()}"'))
+                              f'metrics_listen = "127.0.0.1:{ports["metrics"]}"'))
     sink = SlowSink()
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(pki.root / "mssante/next-hop-tls.pem",
@@ -337,3 +332,30 @@ def test_workers_leave_when_the_supervisor_is_killed(running: Running, workers: 
         time.sleep(0.1)
     assert all(_exited(c) for c in children)
 
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("taken", ["a_in", "metrics"])
+def test_a_port_already_taken_is_a_clear_error_not_a_crash(tmp_path: Path, workers: int,
+                                                            taken: str) -> None:
+    """Another process on a listen address: exit 2 at once with one listener.failed event
+    naming it; no traceback, and no supervisor respawning workers that cannot start."""
+    ports = port_map("a_in", "a_out", "m_in", "m_out", "metrics")
+    init_pki(tmp_path / "pki", apicrypt_port=ports["a_in"], apicrypt_relay_port=ports["a_out"],
+             mssante_port=ports["m_in"], mssante_relay_port=ports["m_out"])
+    config = tmp_path / "pki" / "gateway.toml"
+    config.write_text(config.read_text().replace(
+        'log_level = "info"',
+        f'log_level = "info"\nmetrics_listen = "127.0.0.1:{ports["metrics"]}"'))
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ports[taken]))
+        squatter.listen()
+        proc = subprocess.run([sys.executable, "-m", "gateway", "run", "--workers", str(workers),
+                               "--config", str(config)], capture_output=True, timeout=60)
+    assert proc.returncode == 2
+    output = proc.stdout + proc.stderr
+    assert b"Traceback" not in output
+    events = [json.loads(line) for line in output.splitlines()]
+    failed = [e for e in events if e["event"] == "listener.failed"]
+    assert failed and all(e["address"] == f"127.0.0.1:{ports[taken]}" for e in failed)
+    assert not [e for e in events if e["event"] == "worker.died"]  # not respawned

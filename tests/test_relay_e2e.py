@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import smtplib
-import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator
@@ -30,6 +29,7 @@ from tests.messages import (
     text_of,
     user_message,
 )
+from tests.ports import free_port, port_map
 
 JEAN = "jean.dupont@medical59.apicrypt.org"
 MARIE = "marie.curie@hopital-test.mssante.fr"
@@ -37,15 +37,9 @@ MARIE_ON_APICRYPT = "marie.curie.mssante@passerelle.apicrypt.org"
 JEAN_ON_MSSANTE = "jean.dupont.apicrypt@passerelle.mssante.fr"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pki, dict[str, int]]:
-    ports = {k: free_port() for k in ("a_in", "a_out", "m_in", "m_out")}
+    ports = port_map("a_in", "a_out", "m_in", "m_out")
     root = tmp_path_factory.mktemp("pki")
     init_pki(root, force=True, apicrypt_port=ports["a_in"], apicrypt_relay_port=ports["a_out"],
              mssante_port=ports["m_in"], mssante_relay_port=ports["m_out"])

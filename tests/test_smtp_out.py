@@ -25,6 +25,7 @@ from gateway import errors
 from gateway.smime import certgen
 from gateway.transport import smtp_out, tls
 from gateway.transport.smtp_out import NextHop, deliver
+from tests.ports import free_port
 
 MESSAGE = b"From: a@x.example\r\nTo: b@y.example\r\nSubject: t\r\n\r\nbody line\r\n.dot line\r\n"
 
@@ -81,12 +82,6 @@ def make_tls_files(directory: Path) -> TlsFiles:
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     return make_tls_files(tmp_path_factory.mktemp("tls"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- an in-process sink -----------------------------------------------------------------------

@@ -39,6 +39,7 @@ SMALL = Options(messages=150, concurrency=20, fault_rate=0.2, data_timeout=3.0, 
 
 def _common_checks(result: Result) -> None:
     print(table(result))
+    assert not result.died, result.died
     assert result.finished and result.held == 0  # nothing still waiting at the deadline
     assert result.lost == []  # every 250 is at the sink
     assert result.delivered + sum(result.bounced.values()) == result.sent
@@ -47,6 +48,7 @@ def _common_checks(result: Result) -> None:
     assert not missing, f"fault kinds never injected: {missing}"
     assert result.logs.clean, result.logs.hits
     assert result.logs.lines > 0 and not result.logs.errors
+    assert result.logs.not_json == 0  # a traceback is not an event
     assert result.ok
 
 

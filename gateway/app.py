@@ -241,7 +241,7 @@ class Gateway:
 
     # Routing reads the runtime of the moment, so a reload (SIGHUP) applies to the next command.
     def _check_sender(self, network: str, address: str) -> str:
-        return routing.check_sender(self.runtime.routing, network, address)
+        return self.runtime.check_sender(network, address)
 
     def _route_recipient(self, network: str, address: str) -> str:
         # A user who has a certificate on the source network is reached on that network, not
@@ -314,7 +314,6 @@ class Gateway:
     async def _relay(self, message: InboundMessage, source: str, destination: str,
                      bound: structlog.typing.FilteringBoundLogger) -> errors.Reply:
         runtime = self.runtime  # one snapshot for the whole message (reload swaps it)
-        table = runtime.routing
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         at = dt.datetime.now(dt.UTC)
@@ -324,9 +323,9 @@ class Gateway:
             job = functools.partial(
                 translate, message.content,
                 source=runtime.network(source), destination=runtime.network(destination),
-                mail_from=routing.reverse_sender(table, source, message.mail_from),
+                mail_from=runtime.reverse_sender(source, message.mail_from),
                 recipients=list(message.routed_rcpts),
-                map_sender=functools.partial(routing.reverse_sender, table, source),
+                map_sender=functools.partial(runtime.reverse_sender, source),
                 at=at, hostname=self.config.gateway.hostname,
                 trace_id=message.trace_id, received_from=message.peer,
                 normalise=functools.partial(normalise, at=at),

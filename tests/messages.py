@@ -6,6 +6,7 @@ what an independent implementation produced, and what they check is what it can 
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,7 @@ class Pki:
         return out
 
 
-def _openssl(*args: str | Path, data: bytes) -> bytes:
+def openssl(*args: str | Path, data: bytes) -> bytes:
     proc = subprocess.run(["openssl", *map(str, args)], input=data, capture_output=True,
                           timeout=30, check=False)
     if proc.returncode != 0:
@@ -70,11 +71,11 @@ def user_message(pki: Pki, sender: str, to: str, entity: bytes, *, subject: str 
     """``entity`` signed by ``signer`` (default: the sender) then encrypted for the gateway of
     the sender's network, with the message headers on top: what a user's client sends."""
     signer = signer or sender
-    signed = _openssl("cms", "-sign", "-signer", pki.user_cert(signer),
+    signed = openssl("cms", "-sign", "-signer", pki.user_cert(signer),
                       "-inkey", pki.user_key(signer), "-md", "sha256", "-binary",
                       "-outform", "SMIME", data=entity)
     recipient = encrypt_for or pki.gateway_cert(network_of(sender))
-    enveloped = _openssl("cms", "-encrypt", "-aes-256-cbc", "-binary", "-outform", "SMIME",
+    enveloped = openssl("cms", "-encrypt", "-aes-256-cbc", "-binary", "-outform", "SMIME",
                          recipient, data=signed)
     headers = (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
                f"Message-ID: {message_id}\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\n"
@@ -97,11 +98,11 @@ def open_as_recipient(pki: Pki, recipient: str, raw: bytes) -> Opened:
     """
     network = network_of(recipient)
     head, _, _ = raw.partition(b"\r\n\r\n")
-    signed = _openssl("cms", "-decrypt", "-recip", pki.user_cert(recipient),
+    signed = openssl("cms", "-decrypt", "-recip", pki.user_cert(recipient),
                       "-inkey", pki.user_key(recipient), "-inform", "SMIME", data=raw)
-    content = _openssl("cms", "-verify", "-CAfile", pki.ca_file(network), "-inform", "SMIME",
+    content = openssl("cms", "-verify", "-CAfile", pki.ca_file(network), "-inform", "SMIME",
                        "-purpose", "smimesign", data=signed)
-    signer = _openssl("cms", "-verify", "-CAfile", pki.ca_file(network), "-inform", "SMIME",
+    signer = openssl("cms", "-verify", "-CAfile", pki.ca_file(network), "-inform", "SMIME",
                       "-signer", "/dev/stdout", "-out", "/dev/null", data=signed)
     return Opened(head, content, signer)
 
@@ -116,3 +117,13 @@ def text_of(entity: bytes) -> str:
         if part.get_content_type() == "text/plain":
             return str(part.get_content())  # type: ignore[attr-defined]
     raise AssertionError("no text/plain part")
+
+
+def with_xdm(archive: bytes) -> bytes:
+    """A multipart/mixed body carrying ``archive`` as IHE_XDM.ZIP after a line of text."""
+    b64 = base64.encodebytes(archive).replace(b"\n", b"\r\n")
+    return (b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n--b1\r\n'
+            b"Content-Type: text/plain; charset=utf-8\r\n\r\nvoir XDM\r\n--b1\r\n"
+            b'Content-Type: application/zip; name="IHE_XDM.ZIP"\r\n'
+            b'Content-Disposition: attachment; filename="IHE_XDM.ZIP"\r\n'
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + b64 + b"--b1--\r\n")

@@ -18,7 +18,7 @@ from gateway.config import load_config
 from gateway.devpki import init_pki
 from gateway.translate.context import build_runtime
 from gateway.translate.offline import translate_file
-from tests.messages import Pki, user_message
+from tests.messages import Pki, user_message, with_xdm
 
 JEAN = "jean.dupont@medical59.apicrypt.org"
 MARIE = "marie.curie@hopital-test.mssante.fr"
@@ -42,17 +42,6 @@ def _zip(entries: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> 
     return buf.getvalue()
 
 
-def _with_xdm(archive: bytes) -> bytes:
-    import base64
-
-    b64 = base64.encodebytes(archive).replace(b"\n", b"\r\n")
-    return (b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n--b1\r\n'
-            b"Content-Type: text/plain; charset=utf-8\r\n\r\nvoir XDM\r\n--b1\r\n"
-            b'Content-Type: application/zip; name="IHE_XDM.ZIP"\r\n'
-            b'Content-Disposition: attachment; filename="IHE_XDM.ZIP"\r\n'
-            b"Content-Transfer-Encoding: base64\r\n\r\n" + b64 + b"--b1--\r\n")
-
-
 BILLION_LAUGHS = (b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
                   + b"".join(b'<!ENTITY lol%d "%s">' % (i, (b"&lol%d;" % (i - 1)) * 10
                                                         if i > 1 else b"&lol;" * 10)
@@ -63,13 +52,13 @@ XXE = (b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd
 
 
 CASES_FROM_MSSANTE = {
-    "zip bomb (ratio)": _with_xdm(_zip({"IHE_XDM/SUBSET01/DOC0001.XML": b"\0" * 60_000_000})),
-    "billion laughs": _with_xdm(_zip({
+    "zip bomb (ratio)": with_xdm(_zip({"IHE_XDM/SUBSET01/DOC0001.XML": b"\0" * 60_000_000})),
+    "billion laughs": with_xdm(_zip({
         "IHE_XDM/SUBSET01/METADATA.XML": BILLION_LAUGHS,
         "IHE_XDM/SUBSET01/DOC0001.XML": BILLION_LAUGHS})),
-    "external entity": _with_xdm(_zip({
+    "external entity": with_xdm(_zip({
         "IHE_XDM/SUBSET01/METADATA.XML": XXE, "IHE_XDM/SUBSET01/DOC0001.XML": XXE})),
-    "path traversal": _with_xdm(_zip({"../../etc/cron.d/x": b"* * * * * root true"})),
+    "path traversal": with_xdm(_zip({"../../etc/cron.d/x": b"* * * * * root true"})),
 }
 
 

@@ -54,6 +54,7 @@ class DecodedText:
 
 
 _NEWLINES = re.compile(r"\r\n|\r|\n")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def normalise_newlines(text: str) -> str:
@@ -360,6 +361,9 @@ def decode_text(data: bytes, declared: str | None = None) -> DecodedText:
                 else:
                     text, codec, confidence, decisive = _guess_latin(data)
                     method = "detected" if decisive else "fallback"
+    if not text.isascii() and _SURROGATE.search(text):
+        # utf-7, unicode_escape... decode to lone surrogates, which no charset can encode
+        text = _SURROGATE.sub("\ufffd", text)
     text, repaired = _repair(text)
     return DecodedText(
         text=normalise_newlines(text),

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway import errors
 from gateway.config import Config, NetworkConfig, load_identity, read_certificates, read_crls
 from gateway.smime.directory import FolderDirectory
 from gateway.smime.model import Identity
 from gateway.smime.trust import TrustStore
+from gateway.translate import routing
 from gateway.translate.pipeline import NetworkRuntime
 from gateway.translate.routing import RoutingTable, routing_from_config
 
@@ -27,6 +29,23 @@ class Runtime:
 
     def network(self, name: str) -> NetworkRuntime:
         return self.networks[name]
+
+    def check_sender(self, source: str, address: str) -> str:
+        """``routing.check_sender``, and one rule the routes alone cannot see: an address book
+        entry whose other side is a user of the other network (a certificate in its directory)
+        makes ``address`` the gateway's alias of that user. Whoever holds a certificate for the
+        alias must not send as that user (``SenderRefused``, 550 5.7.1)."""
+        sender = routing.check_sender(self.routing, source, address)
+        counterpart = routing.booked_counterpart(self.routing, source, sender)
+        if counterpart is not None and self.networks[other(source)].directory.lookup(counterpart):
+            raise errors.SenderRefused("sender is the gateway's alias of a user of the other"
+                                       " network")
+        return sender
+
+    def reverse_sender(self, source: str, address: str) -> str:
+        """The sender's address on the other network (``routing.reverse_sender``), once
+        ``check_sender`` allows it."""
+        return routing.reverse_sender(self.routing, source, self.check_sender(source, address))
 
 
 def other(name: str) -> str:

@@ -40,7 +40,7 @@ def guess_source(runtime: Runtime, raw: bytes) -> str | None:
         return None
     for name in runtime.networks:
         try:
-            routing.check_sender(runtime.routing, name, found[0])
+            runtime.check_sender(name, found[0])
         except errors.GatewayError:
             continue
         return name
@@ -56,7 +56,7 @@ def translate_file(config: Config, runtime: Runtime, raw: bytes, *, source: str,
     sender_header = _header_addresses(raw, ("From",))
     if len(sender_header) != 1:
         raise errors.SignerMismatch("From header must hold exactly one address")
-    mail_from = routing.check_sender(table, source, sender_header[0])
+    mail_from = runtime.check_sender(source, sender_header[0])
     wanted = recipients or _header_addresses(raw, ("To", "Cc"))
     if len(wanted) > config.gateway.max_recipients:
         raise errors.GatewayError("too many recipients", reply=errors.TOO_MANY_RECIPIENTS)
@@ -66,9 +66,9 @@ def translate_file(config: Config, runtime: Runtime, raw: bytes, *, source: str,
         raw,
         source=runtime.network(source),
         destination=runtime.network(other(source)),
-        mail_from=routing.reverse_sender(table, source, mail_from),
+        mail_from=runtime.reverse_sender(source, mail_from),
         recipients=routed,
-        map_sender=lambda a: routing.reverse_sender(table, source, a),
+        map_sender=functools.partial(runtime.reverse_sender, source),
         at=moment,
         hostname=config.gateway.hostname,
         trace_id=new_trace_id(),

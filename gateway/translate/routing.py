@@ -304,6 +304,12 @@ def _pair_side(pair: tuple[str, str], network: str) -> str:
     return pair[NETWORKS.index(network)]
 
 
+def booked_counterpart(table: RoutingTable, source: str, address: str) -> str | None:
+    """The other network's side of the address book pair of ``address`` (normalised), if any."""
+    pair = table.pair_for(source, address)
+    return None if pair is None else _pair_side(pair, other(source))
+
+
 def route_recipient(table: RoutingTable, source: str, rcpt: str) -> str:
     """The destination address (on the other network) of recipient ``rcpt`` of a message
     entering from ``source``; ``RecipientRefused`` if the gateway cannot route it.

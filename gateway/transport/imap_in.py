@@ -178,14 +178,28 @@ def client_context(imap: ImapConfig) -> ssl.SSLContext:
 # --- parsing of responses -------------------------------------------------------------------
 
 
+# A UID or size is a 32-bit number (RFC 3501); a set in a response code is the UIDs of one MOVE.
+_MAX_DIGITS = 20
+_MAX_UID_SET = 10_000
+
+
+def _number(digits: bytes) -> int:
+    """A number of server data; ImapError if it is none (or absurdly long: ``int`` refuses
+    over 4300 digits with a ValueError)."""
+    if not digits.isdigit() or len(digits) > _MAX_DIGITS:
+        raise ImapError("malformed number in a server response")
+    return int(digits)
+
+
 def _uid_set(text: bytes) -> list[int]:
     out: list[int] = []
     for part in text.split(b","):
         low, _, high = part.partition(b":")
-        if high:
-            out.extend(range(int(low), int(high) + 1))
-        else:
-            out.append(int(low))
+        first, last = _number(low), _number(high or low)
+        first, last = min(first, last), max(first, last)  # "4:2" is "2:4" (RFC 3501 seq-range)
+        if len(out) + last - first >= _MAX_UID_SET:
+            raise ImapError("UID set too large in a server response")
+        out.extend(range(first, last + 1))
     return out
 
 
@@ -213,7 +227,7 @@ def search_uids(lines: Sequence[object]) -> list[int]:
             text = text[6:]
         parts = text.split()
         if parts and all(p.isdigit() for p in parts):
-            out.extend(int(p) for p in parts)
+            out.extend(_number(p) for p in parts)
     return out
 
 
@@ -222,15 +236,15 @@ def _fetch_of(line: object) -> int | None:
     if not isinstance(line, bytes) or b"FETCH" not in line:
         return None
     match = _FETCH_UID.search(line)
-    return int(match.group(1)) if match else None
+    return _number(match.group(1)) if match else None
 
 
 def fetched_size(lines: Sequence[object], uid: int) -> int | None:
     for line in lines:
         if isinstance(line, bytes | bytearray):
             m_uid, m_size = _FETCH_UID.search(bytes(line)), _SIZE.search(bytes(line))
-            if m_uid and m_size and int(m_uid.group(1)) == uid:
-                return int(m_size.group(1))
+            if m_uid and m_size and _number(m_uid.group(1)) == uid:
+                return _number(m_size.group(1))
     return None
 
 
@@ -241,9 +255,9 @@ def fetched_literal(lines: Sequence[object], uid: int) -> bytes | None:
         if not isinstance(line, bytes) or b"FETCH" not in line:
             continue
         m_uid, m_lit = _FETCH_UID.search(line), _LITERAL.search(line)
-        if m_uid and m_lit and int(m_uid.group(1)) == uid:
+        if m_uid and m_lit and _number(m_uid.group(1)) == uid:
             literal = lines[i + 1]
-            if isinstance(literal, bytes | bytearray) and len(literal) == int(m_lit.group(1)):
+            if isinstance(literal, bytes | bytearray) and len(literal) == _number(m_lit.group(1)):
                 return bytes(literal)
     return None
 

@@ -67,6 +67,8 @@ SENDER_OK = Reply(250, "2.1.0", "Sender OK")
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
 TIMEOUT_CLOSING = Reply(421, "4.4.2", "Timeout, closing connection")
 TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")
+COMMAND_UNRECOGNISED = Reply(500, "5.5.1", "Command not recognized")
+CLIENT_CLOSED = Reply(421, "4.4.2", "Connection closed by client, closing")
 
 # aiosmtpd's own reply strings -> ours (exact matches; anything else goes out as aiosmtpd
 # wrote it: syntax help and sequence errors, which carry nothing internal).
@@ -81,6 +83,9 @@ _LIBRARY_REPLIES: dict[str, Reply] = {
     "553 5.1.3 Error: malformed address": MALFORMED_ADDRESS,
 }
 
+# aiosmtpd echoes an unknown command (any ASCII, control characters included) in its reply.
+_UNRECOGNISED = re.compile(r'500 Error: command (".*"|\'.*\') not recognized', re.DOTALL)
+_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
 _CRLF = b"\r\n"
 # How much of a message the session's reader may buffer at once (see _Session.smtp_DATA).
 _DATA_BUFFER_BYTES = 64 * 1024
@@ -438,7 +443,10 @@ class _Session(SMTP):
         key = (arg, self.local_part_limit)
         known = _addresses.get(key)
         if known is None:
-            known = super()._getaddr(arg)
+            try:
+                known = super()._getaddr(arg)
+            except Exception:  # email's parser raises IndexError on "<a@": malformed (553)
+                known = (None, None)
             if len(arg) <= _ADDRESS_CACHE_MAX_ARG:
                 if len(_addresses) >= _ADDRESS_CACHE_SIZE:
                     _addresses.clear()
@@ -481,13 +489,30 @@ class _Session(SMTP):
                      duration_ms=round((time.perf_counter() - self._opened) * 1000, 1))
         super().connection_lost(error)
 
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, asyncio.IncompleteReadError):
+            # The client closed its side mid-command. aiosmtpd cancels the session on EOF, but
+            # asyncio.wait_for (3.11) can swallow that cancel when ``process`` ends at the same
+            # moment: the loop would then answer the same EOF forever. End the session here.
+            if self.transport is not None:
+                self.transport.close()
+            return str(CLIENT_CLOSED)
+        return str(await super().handle_exception(error))
+
     async def _handle_client(self) -> None:
         if self._refused_session:
             await self.push(str(TOO_MANY_SESSIONS))
             if self.transport is not None:
                 self.transport.close()
             return
-        await super()._handle_client()
+        try:
+            await super()._handle_client()
+        except asyncio.CancelledError:
+            # The client left (EOF) before a command, e.g. inside its PROXY header: aiosmtpd
+            # would hold the connection, and its session slot, until the PROXY timeout.
+            if self.transport is not None:
+                self.transport.close()
+            raise
 
     def _timeout_cb(self) -> None:
         # Say why before closing (RFC 5321 §4.5.3.2: 421 on timeout).
@@ -499,7 +524,11 @@ class _Session(SMTP):
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str):
             mapped = _LIBRARY_REPLIES.get(status)
-            await super().push(str(mapped) if mapped is not None else status)
+            if mapped is None and _UNRECOGNISED.fullmatch(status):
+                mapped = COMMAND_UNRECOGNISED  # no echo: a bare CR in it would split the reply
+            # one reply line, printable: whatever else a library reply carries becomes "?"
+            await super().push(str(mapped) if mapped is not None
+                               else _NOT_PRINTABLE.sub("?", status))
         else:
             await super().push(status)
 

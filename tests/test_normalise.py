@@ -687,3 +687,14 @@ def test_parse_policy_cache_returns_the_same_parsed_values() -> None:
             assert cached[name] == plain[name]
             assert cached[name].params == plain[name].params  # type: ignore[attr-defined]
         assert cached.get_boundary() == "x"
+
+
+def test_parameters_email_cannot_read_are_malformed_not_internal() -> None:
+    """An unclosed comment sends email to its old parameter reader, which raises TypeError on a
+    name both numbered and not (``name*0`` beside ``name*``): 550 5.6.0, not a 451 retried for
+    days (found by the atheris harness, mime_limits target)."""
+    entity = b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n' \
+             b"Content-Type: text/plain; charset=utf-8\r\n\r\nvoir PJ\r\n--b\r\n" \
+             b"Content-Type: (;name*0;name*=\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n"
+    with pytest.raises(errors.MalformedError):
+        normalise(entity, APICRYPT, MSSANTE, signers()[LABO], [MARIE], at=AT)

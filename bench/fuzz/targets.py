@@ -383,12 +383,13 @@ def check_mime_limits(raw: bytes) -> None:
         message = handled(mime_limits.parse_message, raw, limits)
         if message is not None:
             # What the pipeline reads next. email parses a header when it is first read, and
-            # raises ValueError, LookupError or UnicodeError on some odd values: normalise maps
-            # exactly those to MalformedError, anything else would be a 451.
+            # raises ValueError, LookupError or UnicodeError on some odd values, TypeError on
+            # mixed RFC 2231 continuations: normalise maps exactly those (the last only when
+            # email raised it) to MalformedError, anything else would be a 451.
             handled(lambda m: [(p.get_content_type(), p.get_params(), p.get_filename(),
                                 p.get_content_disposition(), p.get_content_charset())
                                for p in m.walk()], message,
-                    allowed=(GatewayError, ValueError, LookupError, UnicodeError))
+                    allowed=(GatewayError, ValueError, LookupError, UnicodeError, TypeError))
 
 
 def check_mime_entity(raw: bytes) -> None:

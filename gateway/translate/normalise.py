@@ -37,6 +37,7 @@ from __future__ import annotations
 import binascii
 import codecs
 import hashlib
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -518,6 +519,14 @@ def _normalise(content: bytes, source: NetworkRuntime, destination: NetworkRunti
     return Normalised(content=out, headers=tuple(headers), facts=facts)
 
 
+def _raised_by_email(exc: BaseException) -> bool:
+    """Did ``exc`` come out of the standard library's email package (its innermost frame)?"""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"{os.sep}email{os.sep}" in tb.tb_frame.f_code.co_filename
+
+
 def normalise(
     content: bytes,
     source: NetworkRuntime,
@@ -545,5 +554,10 @@ def normalise(
     except (ValueError, LookupError, UnicodeError) as exc:
         # the email package raises these on header values it cannot read back
         raise errors.MalformedError(f"unusable MIME structure ({type(exc).__name__})") from exc
+    except TypeError as exc:
+        if not _raised_by_email(exc):
+            raise errors.InternalError(f"normalisation failed ({type(exc).__name__})") from exc
+        # and this one on RFC 2231 parameters numbered and not (name*0= beside name*=)
+        raise errors.MalformedError("unusable MIME parameters") from exc
     except Exception as exc:
         raise errors.InternalError(f"normalisation failed ({type(exc).__name__})") from exc

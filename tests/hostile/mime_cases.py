@@ -284,6 +284,12 @@ case("encoded CRLF in a file name (RFC 2231)", "250 2.0.0", _inner(lambda: (
     b"Content-Disposition: attachment; filename*=utf-8''a%0D%0ABcc%3A%20x%40evil.example\r\n"
     b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n")),
      check=_no_field(b"Bcc"))
+# email's parameter reader raised TypeError on these (a 451, the sender retrying for days)
+case("unclosed comment, RFC 2231 name numbered and not", "550 5.6.0", _inner(lambda: (
+    b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+    b"Content-Type: text/plain; charset=utf-8\r\n\r\nvoir PJ\r\n--b\r\n"
+    b"Content-Type: (;name*0;name*=\r\n"
+    b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n")))
 case("Content-ID with an encoded CRLF", "250 2.0.0", _inner(lambda: (
     b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
     b"Content-Type: text/plain; charset=utf-8\r\n\r\nvoir PJ\r\n--b\r\n"

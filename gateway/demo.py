@@ -70,10 +70,14 @@ class Mailbox:
         return "250 2.0.0 stored in the demo mailbox"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports: every socket is held until all are chosen (a port closed
+    and asked for again can come back)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 class Style:
@@ -190,7 +194,7 @@ def _show(style: Style, out: Callable[[str], None], root: Path, recipient: str,
 
 
 async def _run(root: Path, style: Style, out: Callable[[str], None]) -> int:
-    ports = {k: _free_port() for k in ("a_in", "a_out", "m_in", "m_out")}
+    ports = dict(zip(("a_in", "a_out", "m_in", "m_out"), _free_ports(4), strict=True))
     init_pki(root, force=True, apicrypt_port=ports["a_in"], apicrypt_relay_port=ports["a_out"],
              mssante_port=ports["m_in"], mssante_relay_port=ports["m_out"])
     config = load_config(root / "gateway.toml")

@@ -8,7 +8,6 @@ at the end of every run that ran cases, -q included, so the figures appear in CI
 from __future__ import annotations
 
 import collections
-import socket
 from collections.abc import Generator, Iterator
 
 import pytest
@@ -18,6 +17,7 @@ from tests.hostile import cert_cases
 from tests.hostile.case import CATEGORIES, Case
 from tests.hostile.rig import Rig
 from tests.hostile.world import World
+from tests.ports import port_map
 
 # Bounds that keep the session fast without changing what is tested: a smaller message size
 # limit (the same code path at 4 MiB as at 25 MiB), no per-sender rate limit (hundreds of
@@ -29,15 +29,9 @@ CONFIG_OVERRIDES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def hostile_world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    ports = {k: _free_port() for k in ("a_in", "a_out", "m_in", "m_out")}
+    ports = port_map("a_in", "a_out", "m_in", "m_out")
     root = tmp_path_factory.mktemp("hostile") / "pki"
     init_pki(root, apicrypt_port=ports["a_in"], apicrypt_relay_port=ports["a_out"],
              mssante_port=ports["m_in"], mssante_relay_port=ports["m_out"])

@@ -270,32 +270,28 @@ case("inner boundary a prefix of the outer one", "250 2.0.0", _inner(lambda: (
     b'Content-Type: multipart/mixed; boundary="ab"\r\n\r\n--ab\r\n'
     b'Content-Type: multipart/mixed; boundary="a"\r\n\r\n--a\r\n'
     b"Content-Type: text/plain\r\n\r\nx\r\n--a--\r\n--ab--\r\n")), check=_text_kept(1))
-case("encoded CRLF in a file name (RFC 2047)", "250 2.0.0", _inner(lambda: (
-    b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
-    b"Content-Type: text/plain; charset=utf-8\r\n\r\nvoir PJ\r\n--b\r\n"
+def _with_part(headers: bytes, body: bytes = b"JVBERi0xLjQK") -> Callable[[World], bytes]:
+    """A text, then a base64 part whose header fields are ``headers`` (CRLF-ended)."""
+    return _inner(lambda: (
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+        b"Content-Type: text/plain; charset=utf-8\r\n\r\nvoir PJ\r\n--b\r\n"
+        + headers + b"Content-Transfer-Encoding: base64\r\n\r\n" + body + b"\r\n--b--\r\n"))
+
+
+case("encoded CRLF in a file name (RFC 2047)", "250 2.0.0", _with_part(
     b"Content-Type: application/pdf\r\n"
-    b'Content-Disposition: attachment; filename="=?utf-8?q?a=0D=0ABcc:_x@evil.example?="\r\n'
-    b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n")),
+    b'Content-Disposition: attachment; filename="=?utf-8?q?a=0D=0ABcc:_x@evil.example?="\r\n'),
      check=_no_field(b"Bcc"))
-case("encoded CRLF in a file name (RFC 2231)", "250 2.0.0", _inner(lambda: (
-    b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
-    b"Content-Type: text/plain; charset=utf-8\r\n\r\nvoir PJ\r\n--b\r\n"
+case("encoded CRLF in a file name (RFC 2231)", "250 2.0.0", _with_part(
     b"Content-Type: application/pdf; name*=utf-8''b%0D%0ABcc%3A%20x%40evil.example\r\n"
-    b"Content-Disposition: attachment; filename*=utf-8''a%0D%0ABcc%3A%20x%40evil.example\r\n"
-    b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n")),
+    b"Content-Disposition: attachment; filename*=utf-8''a%0D%0ABcc%3A%20x%40evil.example\r\n"),
      check=_no_field(b"Bcc"))
 # email's parameter reader raised TypeError on these (a 451, the sender retrying for days)
-case("unclosed comment, RFC 2231 name numbered and not", "550 5.6.0", _inner(lambda: (
-    b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
-    b"Content-Type: text/plain; charset=utf-8\r\n\r\nvoir PJ\r\n--b\r\n"
-    b"Content-Type: (;name*0;name*=\r\n"
-    b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n")))
-case("Content-ID with an encoded CRLF", "250 2.0.0", _inner(lambda: (
-    b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
-    b"Content-Type: text/plain; charset=utf-8\r\n\r\nvoir PJ\r\n--b\r\n"
-    b"Content-Type: image/png\r\nContent-ID: <=?utf-8?q?a=0D=0ABcc:_x?=@x>\r\n"
-    b"Content-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n--b--\r\n")),
-     check=_no_field(b"Bcc"))
+case("unclosed comment, RFC 2231 name numbered and not", "550 5.6.0", _with_part(
+    b"Content-Type: (;name*0;name*=\r\n"))
+case("Content-ID with an encoded CRLF", "250 2.0.0", _with_part(
+    b"Content-Type: image/png\r\nContent-ID: <=?utf-8?q?a=0D=0ABcc:_x?=@x>\r\n",
+    b"iVBORw0KGgo="), check=_no_field(b"Bcc"))
 case("nested delivery-status block with a multipart", "550 5.6.0", _inner(lambda: (
     b'Content-Type: multipart/report; report-type=delivery-status; boundary="r"\r\n\r\n'
     b"--r\r\nContent-Type: text/plain\r\n\r\nbounce\r\n--r\r\n"

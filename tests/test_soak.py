@@ -34,7 +34,9 @@ pytestmark = pytest.mark.soak
 # connection faults are the four kinds, the first five delivery faults the five kinds) and
 # each decision point has its own seeded stream: with seeds 6 and 8 every kind is drawn
 # within the first 15 connections and 18 deliveries, far fewer than a run has.
-SMALL = Options(messages=150, concurrency=20, fault_rate=0.2, data_timeout=3.0, seed=6)
+# The deadline bounds a run that goes wrong (it takes 5 to 30 s here), not a time to meet.
+SMALL = Options(messages=150, concurrency=20, fault_rate=0.2, data_timeout=3.0, seed=6,
+                deadline=300.0)
 
 
 def _common_checks(result: Result) -> None:

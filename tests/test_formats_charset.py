@@ -194,3 +194,14 @@ def test_latin1_round_trip(text: str) -> None:
     wire = encode_for_apicrypt(text)
     assert decode_text(wire, "iso-8859-1").text == normalise_newlines(text)
     assert decode_text(text.encode("utf-8"), None).text == normalise_newlines(text)
+
+
+@pytest.mark.parametrize("label", ["unicode_escape", "raw-unicode-escape", "idna", "punycode",
+                                   "undefined", "base64", "rot13"])
+def test_python_codecs_that_are_no_charsets_are_not_honoured(label: str) -> None:
+    """A label naming an escape decoder would turn ``\\x41`` or ``\\N{...}`` in the sender's text
+    into other characters (found by the long fuzz profile): such a label counts as none."""
+    data = b"Kaliemie \\x41 \\N{BULLET} 6,2 mmol/l"
+    decoded = decode_text(data, label)
+    assert decoded.text == data.decode("ascii")
+    assert decoded.method != "declared"

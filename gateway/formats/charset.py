@@ -117,7 +117,16 @@ def _codec_name(label: str | None) -> str | None:
         return None
     if not getattr(info, "_is_text_encoding", True):
         return None  # bytes-to-bytes codecs (base64, zlib, rot13...) are no charsets
-    return info.name.replace("-", "_")
+    name = info.name.replace("-", "_")
+    if name in _NOT_CHARSETS:
+        return None
+    return name
+
+
+# Python text codecs that no MIME charset names: escape decoders would turn "\x41" or "\N{...}"
+# in a sender's text into other characters, IDNA and Punycode are for host names.
+_NOT_CHARSETS = frozenset({"unicode_escape", "raw_unicode_escape", "idna", "punycode",
+                           "undefined"})
 
 
 def _mime_name(codec: str) -> str:

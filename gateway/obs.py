@@ -89,6 +89,9 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | N
     root.setLevel(max(numeric, logging.INFO))
     for noisy in ("mail.log", "aioimaplib", "aioimaplib.aioimaplib", "asyncio"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
+    # A library's warning (cryptography on a certificate a sender made badly) would otherwise
+    # be two raw lines on stderr among the JSON events.
+    logging.captureWarnings(True)
 
 
 def disable_core_dumps() -> bool:

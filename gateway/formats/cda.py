@@ -44,6 +44,7 @@ __all__ = [
     "build_n1_cda",
     "cda_timestamp",
     "read_cda",
+    "xml_text",
 ]
 
 HL7 = "urn:hl7-org:v3"
@@ -179,14 +180,14 @@ def _derived_oid(*parts: bytes) -> str:
 def _el(parent: etree._Element, tag: str, text: str | None = None, **attrs: str) -> etree._Element:
     el = etree.SubElement(parent, f"{{{HL7}}}{tag}", {k: v for k, v in attrs.items()})
     if text is not None:
-        el.text = _xml_text(text)
+        el.text = xml_text(text)
     return el
 
 
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 
 
-def _xml_text(text: str) -> str:
+def xml_text(text: str) -> str:
     """XML 1.0 cannot hold control characters or lone surrogates: they become U+FFFD."""
     return _XML_INVALID.sub("\ufffd", text)
 
@@ -207,7 +208,7 @@ def _header(
     _el(root, "templateId", root="2.16.840.1.113883.2.8.2.1")  # HL7 France
     _el(root, "templateId", root="1.2.250.1.213.1.1.1.1")  # CI-SIS common header
     _el(root, "id", root=document_id)
-    _el(root, "code", code=code[0], codeSystem=LOINC, displayName=_xml_text(code[1]))
+    _el(root, "code", code=code[0], codeSystem=LOINC, displayName=xml_text(code[1]))
     _el(root, "title", title)
     ts = cda_timestamp(effective_time)
     _el(root, "effectiveTime", value=ts)
@@ -219,7 +220,7 @@ def _header(
     if ins is not None:
         _el(role, "id", root=INS_NIR_OID, extension=ins)
     if patient.local_id:
-        _el(role, "id", root=patient.local_id_root, extension=_xml_text(patient.local_id))
+        _el(role, "id", root=patient.local_id_root, extension=xml_text(patient.local_id))
     if ins is None and not patient.local_id:
         _el(role, "id", nullFlavor="UNK")
     if patient.address:
@@ -242,7 +243,7 @@ def _header(
     auth = _el(root, "author")
     _el(auth, "time", value=ts)
     assigned = _el(auth, "assignedAuthor")
-    _el(assigned, "id", root=author.id_root, extension=_xml_text(author.id))
+    _el(assigned, "id", root=author.id_root, extension=xml_text(author.id))
     _el(_el(_el(assigned, "assignedPerson"), "name"), "family", author.name)
     if author.organisation:
         _el(_el(assigned, "representedOrganization"), "name", author.organisation)
@@ -250,7 +251,7 @@ def _header(
     custodian = _el(
         _el(_el(root, "custodian"), "assignedCustodian"), "representedCustodianOrganization"
     )
-    _el(custodian, "id", root=author.id_root, extension=_xml_text(author.id))
+    _el(custodian, "id", root=author.id_root, extension=xml_text(author.id))
     _el(custodian, "name", author.organisation or author.name)
     return root
 
@@ -308,9 +309,9 @@ def _decimal(value: str | None) -> str | None:
 def _observation(section: etree._Element, res: LabResult, ts: str) -> None:
     obs = _el(_el(section, "entry"), "observation", classCode="OBS", moodCode="EVN")
     if res.code:
-        attrs = {"code": _xml_text(res.code), "codeSystem": LOCAL_LAB_CODE_SYSTEM}
+        attrs = {"code": xml_text(res.code), "codeSystem": LOCAL_LAB_CODE_SYSTEM}
         if res.label:
-            attrs["displayName"] = _xml_text(res.label)
+            attrs["displayName"] = xml_text(res.label)
         _el(obs, "code", **attrs)
     else:
         code = _el(obs, "code", nullFlavor="OTH")

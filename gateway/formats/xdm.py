@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from lxml import etree
 
 from gateway.errors import LimitExceeded, MalformedError
-from gateway.formats.cda import Author, CdaContent, CdaDocument, Patient, _xml_text, read_cda
+from gateway.formats.cda import Author, CdaContent, CdaDocument, Patient, read_cda, xml_text
 from gateway.formats.xmlsafe import parse_xml
 
 __all__ = [
@@ -152,11 +152,11 @@ def _slot(parent: etree._Element, name: str, *values: str) -> None:
     values_el = _rim(_rim(parent, "Slot", name=name), "ValueList")
     for value in values:
         # names and codes from the sender's document: XML 1.0 cannot hold control characters
-        _rim(values_el, "Value").text = _xml_text(value)
+        _rim(values_el, "Value").text = xml_text(value)
 
 
 def _name(parent: etree._Element, text: str) -> None:
-    _rim(_rim(parent, "Name"), "LocalizedString", value=_xml_text(text))
+    _rim(_rim(parent, "Name"), "LocalizedString", value=xml_text(text))
 
 
 def _classification(
@@ -194,7 +194,7 @@ def _external_id(
         objectType=EXTERNAL_ID_TYPE,
         identificationScheme=scheme,
         registryObject=obj,
-        value=_xml_text(value),
+        value=xml_text(value),
     )
     _name(ext, label)
 

@@ -45,7 +45,7 @@ class Runtime:
     def reverse_sender(self, source: str, address: str) -> str:
         """The sender's address on the other network (``routing.reverse_sender``), once
         ``check_sender`` allows it."""
-        return routing.reverse_sender(self.routing, source, self.check_sender(source, address))
+        return routing.reverse_checked(self.routing, source, self.check_sender(source, address))
 
 
 def other(name: str) -> str:

@@ -355,7 +355,11 @@ def check_sender(table: RoutingTable, source: str, mail_from: str) -> str:
 
 def reverse_sender(table: RoutingTable, source: str, mail_from: str) -> str:
     """The sender's address on the destination network, so that replies come back to it."""
-    address = check_sender(table, source, mail_from)
+    return reverse_checked(table, source, check_sender(table, source, mail_from))
+
+
+def reverse_checked(table: RoutingTable, source: str, address: str) -> str:
+    """``reverse_sender`` of an address ``check_sender`` has already returned."""
     destination = other(source)
     dst = table.networks[destination]
     pair = table.pair_for(source, address)

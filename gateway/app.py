@@ -414,11 +414,26 @@ class Gateway:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+async def _serve_metrics(address: str, gateway: Gateway) -> asyncio.AbstractServer:
+    host, port = _split_hostport(address)
+    try:
+        http = await serve_http(host, port, gateway.metrics, gateway.readiness)
+    except OSError as exc:
+        log.error("listener.failed", network="metrics", address=address,
+                  error=exc.strerror or str(exc))
+        raise
+    log.info("metrics.started", address=address)
+    return http
+
+
 async def serve(config: Config, *, reuse_port: bool = False) -> int:
     runtime = build_runtime(config)
     gateway = Gateway(config, runtime)
+    http = None
     try:
         await gateway.start(reuse_port=reuse_port)
+        if config.gateway.metrics_listen:
+            http = await _serve_metrics(config.gateway.metrics_listen, gateway)
     except OSError:  # logged as listener.failed: an operator's error, not a crash
         await gateway.stop_accepting()
         gateway.close()
@@ -459,19 +474,6 @@ async def serve(config: Config, *, reuse_port: bool = False) -> int:
 
     check_certificates(config, dt.datetime.now(dt.UTC))
     keeper = loop.create_task(housekeeping())
-    http = None
-    if config.gateway.metrics_listen:
-        host, port = _split_hostport(config.gateway.metrics_listen)
-        try:
-            http = await serve_http(host, port, gateway.metrics, gateway.readiness)
-        except OSError as exc:
-            log.error("listener.failed", network="metrics", address=config.gateway.metrics_listen,
-                      error=exc.strerror or str(exc))
-            keeper.cancel()
-            await gateway.stop_accepting()
-            gateway.close()
-            return 2
-        log.info("metrics.started", address=config.gateway.metrics_listen)
     log.info("gateway.ready", hostname=config.gateway.hostname, pid=os.getpid())
     await stop.wait()
     keeper.cancel()

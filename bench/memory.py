@@ -36,8 +36,8 @@ import aiosmtplib
 from aiosmtpd.smtp import SMTP
 from cryptography import x509
 
-from bench.relay import RECIPIENT, SENDER, Sink, free_ports, rss_mb
-from gateway.devpki import alias_of, init_pki, user_identity
+from bench.relay import RECIPIENT, SENDER, Sink, rss_mb
+from gateway.devpki import alias_of, free_ports, init_pki, user_identity
 from gateway.smime.unwrap import seal
 
 MB = 1_000_000

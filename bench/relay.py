@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import os
 import re
@@ -37,23 +36,12 @@ from pathlib import Path
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from gateway.devpki import alias_of, init_pki, user_identity
+from gateway.devpki import alias_of, free_ports, init_pki, user_identity
 from gateway.smime.unwrap import seal
 
 SENDER = "jean.dupont@medical59.apicrypt.org"
 RECIPIENT = "marie.curie@hopital-test.mssante.fr"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free loopback ports: every socket is held until all are chosen (a
-    port closed and asked again can come back, and a listener of this run would then answer
-    in place of the gateway)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def process_tree(pid: int) -> list[int]:

@@ -56,8 +56,7 @@ from aiosmtpd.smtp import SMTP
 from cryptography import x509
 
 from bench.faultproxy import ALL_KINDS, FaultPlan, FaultProxy, FaultySink
-from bench.relay import free_ports
-from gateway.devpki import alias_of, init_pki, user_identity
+from gateway.devpki import alias_of, free_ports, init_pki, user_identity
 from gateway.smime.unwrap import seal
 
 SENDER = "jean.dupont@medical59.apicrypt.org"
@@ -166,9 +165,11 @@ class GatewayProcess:
         self._log: IO[bytes] | None = None
         self.starts = 0
         self.kills = 0
+        self._start_offset = 0  # where this start's lines begin in the log
 
     def start(self) -> None:
         self._log = self.log_path.open("ab")
+        self._start_offset = self._log.tell()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--workers", str(self.workers),
              "--config", str(self.config)],
@@ -184,7 +185,10 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited early with {self.proc.returncode}:\n"
                                    + self.log_tail())
-            if self.log_path.read_bytes().count(b'"gateway.ready"') < self.starts:
+            with self.log_path.open("rb") as log:
+                log.seek(self._start_offset)
+                ready = b'"gateway.ready"' in log.read()
+            if not ready:
                 await asyncio.sleep(0.05)
                 continue
             try:

@@ -15,7 +15,6 @@ import email
 import email.policy
 import os
 import shutil
-import socket
 import ssl
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway import errors
 from gateway.app import Gateway
 from gateway.config import load_config
-from gateway.devpki import alias_of, init_pki, user_identity
+from gateway.devpki import alias_of, free_ports, init_pki, user_identity
 from gateway.formats.convert import hprim_to_xdm
 from gateway.formats.hprim import parse_hprim
 from gateway.formats.xdm import read_xdm
@@ -68,16 +67,6 @@ class Mailbox:
                               bytes(envelope.original_content or b"")))
         self.arrived.set()
         return "250 2.0.0 stored in the demo mailbox"
-
-
-def _free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports: every socket is held until all are chosen (a port closed
-    and asked for again can come back)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
 
 
 class Style:
@@ -194,7 +183,7 @@ def _show(style: Style, out: Callable[[str], None], root: Path, recipient: str,
 
 
 async def _run(root: Path, style: Style, out: Callable[[str], None]) -> int:
-    ports = dict(zip(("a_in", "a_out", "m_in", "m_out"), _free_ports(4), strict=True))
+    ports = dict(zip(("a_in", "a_out", "m_in", "m_out"), free_ports(4), strict=True))
     init_pki(root, force=True, apicrypt_port=ports["a_in"], apicrypt_relay_port=ports["a_out"],
              mssante_port=ports["m_in"], mssante_relay_port=ports["m_out"])
     config = load_config(root / "gateway.toml")

@@ -43,12 +43,14 @@ is reachable from mssante as ``local.apicrypt@passerelle.mssante.fr``; an mssant
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import json
 import os
 import secrets
 import shutil
+import socket
 import tomllib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -91,6 +93,17 @@ def alias_of(address: str, network: str) -> str:
     local = address.rpartition("@")[0]
     other = "mssante" if network == "apicrypt" else "apicrypt"
     return f"{local}.{network}@{GATEWAY_DOMAIN[other]}"
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports for a development set-up's listeners: every
+    socket is held until all are chosen (a port closed and asked for again can come back, and
+    two listeners given one port make the second fail to bind while the first answers)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 # --- writing ----------------------------------------------------------------------------------

@@ -1,22 +1,9 @@
-"""Free loopback ports for the servers a test starts.
-
-Several ports are chosen with every socket held until all are known: a port closed and asked
-for again can come back, and two listeners of one test on one port make the second fail to
-bind while the first answers in its place.
-"""
+"""Free loopback ports for the servers a test starts (``gateway.devpki.free_ports``: distinct,
+every socket held until all are chosen)."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-
-
-def free_ports(count: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
+from gateway.devpki import free_ports
 
 
 def free_port() -> int:

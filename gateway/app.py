@@ -25,7 +25,7 @@ from pathlib import Path
 import structlog
 
 from gateway import errors
-from gateway.config import Config, NetworkConfig, load_config, read_certificates
+from gateway.config import Config, NetworkConfig, load_config, other, read_certificates
 from gateway.errors import ConfigError
 from gateway.metrics import Metrics, Readiness, reachable, serve_http
 from gateway.obs import (
@@ -38,7 +38,7 @@ from gateway.obs import (
     stop_with_parent,
 )
 from gateway.translate import routing
-from gateway.translate.context import NETWORKS, Runtime, build_runtime, other
+from gateway.translate.context import NETWORKS, Runtime, build_runtime
 from gateway.translate.normalise import normalise
 from gateway.translate.pipeline import NetworkRuntime, Translation, translate
 from gateway.transport import tls

@@ -59,7 +59,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.config import parse_certificates, parse_crl, parse_private_key
+from gateway.config import parse_certificates, parse_crls, parse_private_key
 from gateway.smime.certgen import Issued, make_ca, make_crl, make_leaf, new_key
 from gateway.smime.model import Identity
 
@@ -406,10 +406,10 @@ def pki_summary(directory: Path) -> str:
         revoked: set[int] = set()
         for crl_file in sorted(folder.glob("crl*.pem")):
             try:
-                crl = parse_crl(crl_file.read_bytes())
+                crls = parse_crls(crl_file.read_bytes())
             except (OSError, ValueError):
                 continue
-            revoked |= {r.serial_number for r in crl}
+            revoked |= {r.serial_number for crl in crls for r in crl}
         users = sorted((folder / "users").glob("*.pem")) if (folder / "users").is_dir() else []
         for user_file in users:
             cert = _first_cert(user_file)

@@ -54,6 +54,14 @@ DOWNSTREAM_DEFERRED = Reply(451, "4.4.0", "Next hop unavailable, try again later
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 RATE_LIMITED = Reply(451, "4.7.0", "Too many messages from this sender, slow down")
 
+# addresses (the envelope policy, gateway.translate.routing and gateway.config.addresses)
+NULL_SENDER_REFUSED = Reply(550, "5.7.1",
+                            "Null sender not accepted: only signed user mail is relayed")
+SENDER_NOT_REVERSIBLE = Reply(550, "5.7.1",
+                              "Sender has no address on the destination network")
+MALFORMED_RECIPIENT = Reply(553, "5.1.3", "Recipient address not accepted: bad syntax")
+MALFORMED_SENDER = Reply(553, "5.1.7", "Sender address not accepted: bad syntax")
+
 
 class GatewayError(Exception):
     """Base of every error the gateway raises on purpose. ``reply`` is what to answer."""

@@ -65,6 +65,26 @@ def test_check_config_reports_every_problem_with_file_and_key(pki: Pki, tmp_path
     assert "PRIVATE KEY" not in err
 
 
+def test_an_address_routing_refuses_is_a_check_config_problem(pki: Pki, tmp_path: Path) -> None:
+    """``a%b@...`` in the address book: check-config names the key (exit 2), and inspect,
+    which loads the same configuration, refuses it the same way instead of a traceback."""
+    text = pki.config.read_text()
+    text += ('\n[[address_book]]\napicrypt = "a%b@medical59.apicrypt.org"\n'
+             'mssante = "ab@hopital-test.mssante.fr"\n')
+    broken = tmp_path / "relay-hack.toml"
+    broken.write_text(text.replace('"apicrypt/', f'"{pki.root}/apicrypt/')
+                      .replace('"mssante/', f'"{pki.root}/mssante/')
+                      .replace('"pseudonym.key"', f'"{pki.root}/pseudonym.key"'))
+    proc = gateway("check-config", broken)
+    assert proc.returncode == 2, proc.stdout
+    err = proc.stderr.decode()
+    assert "address_book[" in err and "].apicrypt: bad address: relay hack in local part" in err
+    raw = user_message(pki, JEAN, MARIE_ON_APICRYPT, text_entity("x\n"))
+    proc = gateway("inspect", "--config", broken, "-", stdin=raw)
+    assert proc.returncode == 2
+    assert b"Traceback" not in proc.stderr and b"relay hack" in proc.stderr
+
+
 def test_translate_reseals_for_the_recipient(pki: Pki, tmp_path: Path) -> None:
     raw = user_message(pki, JEAN, MARIE_ON_APICRYPT, text_entity("Kaliémie 5,9 mmol/L\n"))
     src = tmp_path / "in.eml"

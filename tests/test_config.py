@@ -15,10 +15,9 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway import errors
 from gateway.config import (
     Config,
-    check_address,
-    check_domain_pattern,
     domain_matches,
     load_config,
     load_identity,
@@ -27,8 +26,12 @@ from gateway.config import (
     read_crls,
     split_host_port,
 )
+from gateway.config.addresses import address, checked, domain, domain_pattern
+from gateway.config.sections import host_name
 from gateway.devpki import init_pki
 from gateway.errors import ConfigError, ConfigProblem
+from gateway.smime import certgen
+from gateway.translate import routing
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -397,7 +400,7 @@ def test_rewrite_rule_and_utf8_recipients(tmp_path: Path, base: dict[str, Any]) 
     base["networks"]["apicrypt"]["rewrite"] = {"domain": "*.bad", "extra": 1}
     base["networks"]["apicrypt"]["utf8_recipients"] = ["x@hopital.mssante.fr"]
     problems = problems_of(write(tmp_path, base))
-    assert has(problems, "networks.apicrypt.rewrite.domain", "bad address pattern")
+    assert has(problems, "networks.apicrypt.rewrite.domain", "bad domain")
     assert has(problems, "networks.apicrypt.rewrite.extra", "unknown key")
     assert has(problems, "networks.apicrypt.utf8_recipients[0]", "not an address of")
 
@@ -425,13 +428,20 @@ def test_require_starttls_false_only_on_loopback(tmp_path: Path, base: dict[str,
 # --- syntax helpers ----------------------------------------------------------------------------
 
 
+def check_domain_pattern(value: object) -> tuple[str | None, str | None]:
+    return checked(domain_pattern, value)
+
+
+def check_address(value: object) -> tuple[str | None, str | None]:
+    return checked(address, value)
+
+
 @pytest.mark.parametrize(("pattern", "expected"), [
     ("example.org", "example.org"),
     ("Example.ORG", "example.org"),
     ("*.apicrypt.org", "*.apicrypt.org"),
     ("*.hôpital.fr", "*.xn--hpital-ixa.fr"),
     ("xn--hpital-ixa.fr", "xn--hpital-ixa.fr"),
-    ("localhost", "localhost"),
 ])
 def test_good_domain_patterns(pattern: str, expected: str) -> None:
     assert check_domain_pattern(pattern) == (expected, None)
@@ -441,14 +451,23 @@ def test_good_domain_patterns(pattern: str, expected: str) -> None:
     "", "*", "*.", "a.*.org", "*a.org", "**.org", "a b.org", "user@example.org", "-a.org",
     "a-.org", "a..org", "a.org.", "a_b.org", "1.2.3.4", "xn--zz-.org", "x" * 64 + ".org",
     ".".join(["abcdefghi"] * 30), "\u00ad.org", 42, None,
+    # not fully qualified: routing refuses such domains, so the configuration does too
+    "localhost",
+    # look-alikes that IDNA 2003 would map onto another name: refused, never mapped
+    "ｅxample.fr", "straße.fr", "*.ＡＰＩＣＲＹＰＴ.org",
 ])
 def test_bad_domain_patterns(pattern: object) -> None:
     value, reason = check_domain_pattern(pattern)
-    assert value is None and reason is not None and "bad address pattern" in reason
+    assert value is None and reason
+
+
+def test_host_name_may_be_a_single_label() -> None:
+    assert host_name("LocalHost") == "localhost"
+    assert checked(host_name, "*.example.org")[0] is None
 
 
 def test_wildcard_refused_where_a_domain_is_needed() -> None:
-    assert check_domain_pattern("*.example.org", wildcard=False)[0] is None
+    assert checked(domain, "*.example.org")[0] is None
 
 
 @given(st.one_of(st.text(), st.text(alphabet="abcé*.-@ xX\u00ad\u3002")))
@@ -467,6 +486,71 @@ def test_address_checker_never_raises(value: str) -> None:
     assert (normalised is None) != (reason is None)
     if normalised is not None:
         assert check_address(normalised) == (normalised, None)
+
+
+ADDRESSY = st.text(alphabet="aBé%!.@-_ｅß\"<>[]+=xn", max_size=30)
+
+
+@given(st.one_of(st.text(max_size=40), ADDRESSY,
+                 st.builds("{}@{}".format, ADDRESSY, st.sampled_from(
+                     ["medical59.apicrypt.org", "ｅxample.fr", "straße.fr", "hôpital.fr"]))))
+def test_config_and_routing_judge_an_address_alike(value: str) -> None:
+    """What the configuration accepts is what routing accepts, in the same canonical form."""
+    configured, _ = check_address(value)
+    try:
+        routed: str | None = routing.normalise_address(value)
+    except errors.RecipientRefused:
+        routed = None
+    assert configured == routed
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    ("a%b@medical59.apicrypt.org", "relay hack"),
+    ("dr@ｅxample.fr", "non-canonical"),
+    ("dr@straße.fr", "non-canonical"),
+    ("x!y@medical59.apicrypt.org", "relay hack"),
+    ("é@medical59.apicrypt.org", "8-bit local part"),
+])
+def test_address_book_refuses_what_routing_refuses(tmp_path: Path, base: dict[str, Any],
+                                                   raw: str, why: str) -> None:
+    base["address_book"] = [{"apicrypt": raw, "mssante": "jean@hopital.mssante.fr"}]
+    problems = problems_of(write(tmp_path, base))
+    assert has(problems, "address_book[0].apicrypt", why), problems
+    with pytest.raises(errors.RecipientRefused):
+        routing.normalise_address(raw)
+
+
+def test_crl_bundle_keeps_the_second_ca(tmp_path: Path, base: dict[str, Any],
+                                        pki: Path) -> None:
+    """A PEM file with the CRLs of two CAs: the revocations of the second are loaded too."""
+    files = sorted((pki.parent / "mssante").glob("crl*.pem"))
+    assert files, "the development PKI writes a CRL"
+    anchors = base["networks"]["mssante"]["trust_anchors"]
+    first = x509.load_pem_x509_crl(files[0].read_bytes())
+    bundle = tmp_path / "bundle.pem"
+    # the second CRL: a fresh CA of its own, trusted on this network too
+    ca = certgen.make_ca("Second CA")
+    second = certgen.make_crl(ca, [0x1234])
+    bundle.write_bytes(first.public_bytes(serialization.Encoding.PEM)
+                       + second.public_bytes(serialization.Encoding.PEM))
+    extra_anchor = tmp_path / "second-ca.pem"
+    extra_anchor.write_bytes(ca.certificate.public_bytes(serialization.Encoding.PEM))
+    base["networks"]["mssante"]["trust_anchors"] = [*anchors, str(extra_anchor)]
+    base["networks"]["mssante"]["crls"] = [str(bundle)]
+    config = load_config(write(tmp_path, base))
+    crls = read_crls(config.network("mssante").crls)
+    assert len(crls) == 2
+    assert crls[1].get_revoked_certificate_by_serial_number(0x1234) is not None
+
+
+def test_crl_of_an_unknown_issuer_is_a_problem(tmp_path: Path, base: dict[str, Any]) -> None:
+    """A CRL whose issuer is none of the network's CAs would protect nothing: refused."""
+    ca = certgen.make_ca("Unrelated CA")
+    stray = tmp_path / "stray.pem"
+    stray.write_bytes(certgen.make_crl(ca, [7]).public_bytes(serialization.Encoding.PEM))
+    base["networks"]["apicrypt"]["crls"] = [str(stray)]
+    problems = problems_of(write(tmp_path, base))
+    assert has(problems, "networks.apicrypt.crls[0]", "issued by none of the trust_anchors")
 
 
 def test_matching_and_overlap() -> None:
@@ -490,3 +574,44 @@ def test_split_host_port() -> None:
     for bad in ("localhost", ":25", "h:0", "h:65536", "::1:25", "h:2x5", "[::1:25", "h: 25"):
         with pytest.raises(ValueError):
             split_host_port(bad)
+
+
+# --- defaults: written once, in the dataclasses ---------------------------------------------------
+
+
+def test_transport_settings_take_their_defaults_from_the_config_dataclasses() -> None:
+    from gateway.config import GatewaySettings, ImapConfig, NetworkConfig, default_of
+    from gateway.smime.unwrap import DEFAULT_MAX_DEPTH
+    from gateway.transport.imap_in import ImapSettings
+    from gateway.transport.smtp_in import ListenerSettings
+
+    g = GatewaySettings(hostname="gw.example.org")
+    listener = ListenerSettings(network="apicrypt", host="127.0.0.1", port=0,
+                                hostname="gw.example.org", ssl_context=None)
+    assert (listener.max_message_bytes, listener.max_recipients, listener.max_sessions,
+            listener.max_sessions_per_ip, listener.rate_limit_per_minute) == (
+        g.max_message_bytes, g.max_recipients, g.max_sessions, g.max_sessions_per_ip,
+        g.rate_limit_per_minute)
+    assert listener.command_timeout == g.command_timeout_seconds
+    assert listener.data_budget == g.data_timeout_seconds
+    assert listener.require_starttls == default_of(NetworkConfig, "require_starttls")
+    imap = ImapSettings(network="apicrypt", host="h", port=993, user="u", password="p")
+    i = ImapConfig(host="h", user="u", password_file=Path("p"))
+    assert (imap.mailbox, imap.processing_folder, imap.rejected_folder, imap.lease_seconds,
+            imap.poll_seconds) == (i.mailbox, i.processing_folder, i.rejected_folder,
+                                   i.lease_seconds, i.poll_seconds)
+    assert imap.max_message_bytes == g.max_message_bytes
+    assert g.max_depth == DEFAULT_MAX_DEPTH
+
+
+def test_every_settings_field_is_a_key(tmp_path: Path, base: dict[str, Any]) -> None:
+    """The accepted keys are the dataclass fields: each one, written with its default, loads."""
+    from gateway.config import GatewaySettings, keys_of
+
+    defaults = GatewaySettings(hostname="gw.example.org")
+    for name in keys_of(GatewaySettings):
+        value = getattr(defaults, name)
+        if isinstance(value, bool | int | float | str):
+            base["gateway"].setdefault(name, value)
+    config = load_config(write(tmp_path, base))
+    assert config.gateway.max_depth == defaults.max_depth

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config import parse_certificates
 from gateway.errors import MalformedError, NotSigned, SignatureError
 from gateway.smime.model import Verified
 from gateway.smime.signature import verify
-from gateway.smime.trust import TrustStore, load_certificates
+from gateway.smime.trust import TrustStore
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "johnny-smime"
 AT = dt.datetime(2019, 3, 1, tzinfo=dt.UTC)  # the signer certificates expired in 2022
@@ -55,7 +56,7 @@ def _cases() -> list[object]:
 @pytest.fixture(scope="module")
 def store() -> TrustStore:
     anchor = (CORPUS / "assets" / "certificates" / "intermediate_ca.crt").read_bytes()
-    return TrustStore(tuple(load_certificates(anchor)))
+    return TrustStore(tuple(parse_certificates(anchor)))
 
 
 def _crlf(data: bytes) -> bytes:

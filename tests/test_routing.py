@@ -164,13 +164,13 @@ def test_sender_checks(table: routing.RoutingTable) -> None:
 def test_null_sender_refused(table: routing.RoutingTable, null: str) -> None:
     with pytest.raises(errors.SenderRefused) as info:
         check_sender(table, "mssante", null)
-    assert info.value.reply == routing.NULL_SENDER_REFUSED
+    assert info.value.reply == errors.NULL_SENDER_REFUSED
 
 
 def test_malformed_sender_is_553(table: routing.RoutingTable) -> None:
     with pytest.raises(errors.SenderRefused) as info:
         check_sender(table, "apicrypt", "jean%x@medical59.apicrypt.org")
-    assert info.value.reply == routing.MALFORMED_SENDER
+    assert info.value.reply == errors.MALFORMED_SENDER
 
 
 def test_reverse_sender(table: routing.RoutingTable, book_only: routing.RoutingTable) -> None:
@@ -181,7 +181,7 @@ def test_reverse_sender(table: routing.RoutingTable, book_only: routing.RoutingT
     assert route_recipient(table, "mssante", alias) == "paul@medical59.apicrypt.org"
     with pytest.raises(errors.SenderRefused) as info:
         reverse_sender(book_only, "apicrypt", "stranger@medical59.apicrypt.org")
-    assert info.value.reply == routing.SENDER_NOT_REVERSIBLE
+    assert info.value.reply == errors.SENDER_NOT_REVERSIBLE
     long_local = "x" * 60 + "@" + "a" * 60 + "." + "b" * 60 + ".c" * 30 + ".apicrypt.org"
     with pytest.raises(errors.SenderRefused):
         reverse_sender(table, "apicrypt", long_local)

@@ -213,7 +213,7 @@ async def test_sender_from_the_wrong_network(tls_in: TlsFiles) -> None:
         null_code, null_text = await code_of(smtp.execute_command(b"MAIL", b"FROM:<>"))
         smtp.close()
     assert f"{code} {text}" == str(errors.SENDER_NOT_ALLOWED)
-    assert f"{null_code} {null_text}" == str(routing.NULL_SENDER_REFUSED)
+    assert f"{null_code} {null_text}" == str(errors.NULL_SENDER_REFUSED)
 
 
 async def _send(port: int, files: TlsFiles, body: bytes = BODY) -> tuple[int, str]:

@@ -16,18 +16,18 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gateway.config import parse_certificates, parse_crls
 from gateway.errors import (
     CertificateUsageError,
     ExpiredSigner,
     GatewayError,
-    MalformedError,
     RecipientCertificateError,
     RevokedSigner,
     UntrustedSigner,
     WeakAlgorithm,
 )
 from gateway.smime import certgen
-from gateway.smime.trust import TrustStore, email_addresses, load_certificates, load_crls
+from gateway.smime.trust import TrustStore, email_addresses
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -128,8 +128,8 @@ def pem(*certs: x509.Certificate) -> bytes:
 
 def test_load_certificates_pem_bundle_and_der(pki: Pki) -> None:
     certs = [pki.root.certificate, pki.inter.certificate, pki.leaf.certificate]
-    assert load_certificates(b"junk before\n" + pem(*certs)) == certs
-    assert load_certificates(pki.leaf.certificate.public_bytes(Encoding.DER)) == [
+    assert parse_certificates(b"junk before\n" + pem(*certs)) == certs
+    assert parse_certificates(pki.leaf.certificate.public_bytes(Encoding.DER)) == [
         pki.leaf.certificate
     ]
 
@@ -139,22 +139,23 @@ def test_load_certificates_pem_bundle_and_der(pki: Pki) -> None:
     [b"", b"garbage", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
      b"\x30\x03\x02\x01\x01"],
 )
-def test_load_certificates_refuses_garbage(data: bytes) -> None:
-    with pytest.raises(MalformedError):
-        load_certificates(data)
+def test_parse_certificates_refuses_garbage(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_certificates(data)
 
 
-def test_load_crls_pem_many_and_der(pki: Pki) -> None:
+def test_parse_crls_keeps_every_crl_of_a_bundle(pki: Pki) -> None:
     first = certgen.make_crl(pki.root, [1])
     second = certgen.make_crl(pki.inter, [2, 3])
-    loaded = load_crls(first.public_bytes(Encoding.PEM) + b"\n" + second.public_bytes(Encoding.PEM))
+    bundle = first.public_bytes(Encoding.PEM) + b"\n" + second.public_bytes(Encoding.PEM)
+    loaded = parse_crls(bundle)
     assert [c.issuer for c in loaded] == [pki.root.certificate.subject,
                                            pki.inter.certificate.subject]
     assert loaded[1].get_revoked_certificate_by_serial_number(3) is not None
-    assert load_crls(first.public_bytes(Encoding.DER)) == [first]
+    assert parse_crls(first.public_bytes(Encoding.DER)) == [first]
     for bad in (b"", b"nope", b"-----BEGIN X509 CRL-----\nAA==\n-----END X509 CRL-----"):
-        with pytest.raises(MalformedError):
-            load_crls(bad)
+        with pytest.raises(ValueError):
+            parse_crls(bad)
 
 
 # --- addresses -------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ in their A-label form. CA certificates and files that do not parse are left out 
 from __future__ import annotations
 
 import contextlib
-import encodings.idna
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
+from gateway.config.addresses import lookup_key
 from gateway.errors import DirectoryUnavailable
 
 SUFFIXES = frozenset({".pem", ".crt", ".cer"})
@@ -47,22 +47,10 @@ class CertificateDirectory(Protocol):
 
 
 def normalise_address(address: str) -> str:
-    """Lower-case the whole address and write an IDN domain as A-labels.
-
-    Never raises: an address whose domain cannot be converted is only lower-cased (it will
-    simply match nothing that was converted).
-    """
-    local, at, domain = address.strip().rpartition("@")
-    if not at:
-        return address.strip().lower()
-    domain = domain.lower().rstrip(".")
-    if not domain.isascii():
-        with contextlib.suppress(UnicodeError, ValueError):
-            domain = ".".join(
-                label if label.isascii() else encodings.idna.ToASCII(label).decode("ascii")
-                for label in domain.split(".")
-            ).lower()
-    return f"{local.lower()}@{domain}"
+    """The key a certificate's address is filed and looked up under: the one address rule's
+    canonical form (``gateway.config.addresses``), or for an address it refuses, the
+    lower-cased text, which no valid address matches. Never raises."""
+    return lookup_key(address)
 
 
 def email_addresses(cert: x509.Certificate) -> frozenset[str]:

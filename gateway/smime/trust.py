@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -58,7 +57,7 @@ from gateway.errors import (
     WeakAlgorithm,
 )
 
-__all__ = ["TrustStore", "describe", "email_addresses", "load_certificates", "load_crls"]
+__all__ = ["TrustStore", "describe", "email_addresses"]
 
 Purpose = Literal["sign", "encrypt"]
 
@@ -78,40 +77,6 @@ _DER = Encoding.DER
 _MIN_RSA_BITS = 2048
 _MIN_EC_BITS = 256
 _Ext = TypeVar("_Ext", bound=x509.ExtensionType)
-
-_PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.DOTALL)
-
-
-# --- loading ---------------------------------------------------------------------------------
-
-
-def load_certificates(data: bytes) -> list[x509.Certificate]:
-    """Every certificate of a PEM bundle, or the one certificate of a DER file."""
-    try:
-        if b"-----BEGIN" in data:
-            certs = x509.load_pem_x509_certificates(data)
-        else:
-            certs = [x509.load_der_x509_certificate(data)]
-    except Exception:  # ValueError and friends; the message may quote the input
-        raise MalformedError("unparseable certificate data (neither PEM nor DER)") from None
-    if not certs:
-        raise MalformedError("no certificate found")
-    return certs
-
-
-def load_crls(data: bytes) -> list[x509.CertificateRevocationList]:
-    """Every CRL of a PEM file (several blocks allowed), or the one CRL of a DER file."""
-    try:
-        if b"-----BEGIN" in data:
-            crls = [x509.load_pem_x509_crl(block) for block in _PEM_CRL.findall(data)]
-        else:
-            crls = [x509.load_der_x509_crl(data)]
-    except Exception:
-        raise MalformedError("unparseable CRL data (neither PEM nor DER)") from None
-    if not crls:
-        raise MalformedError("no CRL found")
-    return crls
-
 
 # --- looking at certificates -----------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from cryptography import x509
 
+from gateway.config.settings import GatewaySettings, default_of
 from gateway.errors import LimitExceeded, MalformedError, NotEncrypted, NotSigned, SignerMismatch
 from gateway.smime import envelope, signature
 from gateway.smime.mime import (
@@ -43,6 +44,8 @@ __all__ = ["check_from", "mailboxes", "seal", "single_address", "unwrap"]
 _PKCS7_MIME = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
 _ENCRYPTED: frozenset[str] = frozenset({"enveloped", "auth-enveloped"})
 
+DEFAULT_MAX_DEPTH: int = default_of(GatewaySettings, "max_depth")
+
 
 def unwrap(
     raw: bytes,
@@ -50,7 +53,7 @@ def unwrap(
     store: TrustStore,
     at: dt.datetime,
     *,
-    max_depth: int = 6,
+    max_depth: int = DEFAULT_MAX_DEPTH,
     require_encrypted: bool = True,
     require_signed: bool = True,
     trace: list[Layer] | None = None,

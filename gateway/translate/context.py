@@ -11,7 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway import errors
-from gateway.config import Config, NetworkConfig, load_identity, read_certificates, read_crls
+from gateway.config import (
+    NETWORK_NAMES,
+    Config,
+    NetworkConfig,
+    load_identity,
+    other,
+    read_certificates,
+    read_crls,
+)
 from gateway.smime.directory import FolderDirectory
 from gateway.smime.model import Identity
 from gateway.smime.trust import TrustStore
@@ -19,7 +27,7 @@ from gateway.translate import routing
 from gateway.translate.pipeline import NetworkRuntime
 from gateway.translate.routing import RoutingTable, routing_from_config
 
-NETWORKS = ("apicrypt", "mssante")
+NETWORKS = NETWORK_NAMES
 
 
 @dataclass(frozen=True)
@@ -46,10 +54,6 @@ class Runtime:
         """The sender's address on the other network (``routing.reverse_sender``), once
         ``check_sender`` allows it."""
         return routing.reverse_checked(self.routing, source, self.check_sender(source, address))
-
-
-def other(name: str) -> str:
-    return "mssante" if name == "apicrypt" else "apicrypt"
 
 
 def _network_runtime(net: NetworkConfig) -> NetworkRuntime:

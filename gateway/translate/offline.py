@@ -14,13 +14,13 @@ from typing import Any
 from cryptography import x509
 
 from gateway import errors
-from gateway.config import Config
+from gateway.config import Config, other
 from gateway.obs import new_trace_id
 from gateway.smime.mime import parse_entity
 from gateway.smime.model import Layer, Signer
 from gateway.smime.unwrap import unwrap
 from gateway.translate import routing
-from gateway.translate.context import Runtime, other
+from gateway.translate.context import Runtime
 from gateway.translate.normalise import normalise
 from gateway.translate.pipeline import Translation, translate
 

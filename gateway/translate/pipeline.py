@@ -23,7 +23,7 @@ from gateway.smime.directory import CertificateDirectory
 from gateway.smime.mime import parse_entity
 from gateway.smime.model import Identity, Layer, Signer
 from gateway.smime.trust import TrustStore, email_addresses
-from gateway.smime.unwrap import seal, single_address, unwrap
+from gateway.smime.unwrap import DEFAULT_MAX_DEPTH, seal, single_address, unwrap
 
 # Headers carried over from the received message as they are (Subject stays what the sender
 # wrote; thread headers keep conversations together on the other side).
@@ -143,7 +143,7 @@ def translate(
     trace_id: str,
     received_from: str = "local",
     normalise: Normaliser = carry_over,
-    max_depth: int = 6,
+    max_depth: int = DEFAULT_MAX_DEPTH,
 ) -> Translation:
     """Open, verify, normalise and re-seal ``raw`` for ``recipients`` on ``destination``.
 

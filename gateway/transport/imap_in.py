@@ -75,7 +75,7 @@ from typing import Any, TypeVar
 import aioimaplib
 import structlog
 
-from gateway.config import ImapConfig
+from gateway.config import GatewaySettings, ImapConfig, default_of
 from gateway.errors import (
     DOWNSTREAM_DEFERRED,
     LOCAL_ERROR,
@@ -113,6 +113,14 @@ _RNG = random.SystemRandom()  # jitter and shuffling only
 _LITERAL = re.compile(rb"BODY\[(?:HEADER)?\] \{(\d+)\}$")
 
 
+def _G(name: str) -> Any:
+    return default_of(GatewaySettings, name)
+
+
+def _I(name: str) -> Any:
+    return default_of(ImapConfig, name)
+
+
 class ImapError(Exception):
     """The session cannot go on (connection lost, timeout, refusal): reconnect."""
 
@@ -127,17 +135,18 @@ class ImapSettings:
     user: str
     password: str = field(repr=False)
     ssl_context: ssl.SSLContext = field(repr=False, default_factory=ssl.create_default_context)
-    mailbox: str = "INBOX"
-    processing_folder: str = "Passerelle/Processing"
-    rejected_folder: str = "Passerelle/Rejected"
+    # Defaults are ImapConfig's and GatewaySettings' (written once, in gateway.config.settings).
+    mailbox: str = _I("mailbox")
+    processing_folder: str = _I("processing_folder")
+    rejected_folder: str = _I("rejected_folder")
     lock_folder: str = "Passerelle/Locks"  # short-lived lock folders (claims, returns)
-    lease_seconds: float = 600.0
-    poll_seconds: float = 30.0  # IDLE is refreshed (or the mailbox polled) at least this often
+    lease_seconds: float = _I("lease_seconds")
+    poll_seconds: float = _I("poll_seconds")  # IDLE refreshed (or mailbox polled) this often
     use_idle: bool = True
     command_timeout: float = 30.0
     fetch_timeout: float = 120.0
-    process_budget: float = 120.0  # translate + deliver; capped at lease/2
-    max_message_bytes: int = 26_214_400
+    process_budget: float = _G("data_timeout_seconds")  # translate + deliver; capped at lease/2
+    max_message_bytes: int = _G("max_message_bytes")
     backoff_initial: float = 1.0  # reconnection, and claiming again after a 4xx
     backoff_max: float = 300.0
     window: int = 16  # candidates shuffled together (oldest first): fewer races

@@ -39,6 +39,7 @@ from typing import Any, AnyStr
 import structlog
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, TLSSetupException, syntax
 
+from gateway.config import GatewaySettings, NetworkConfig, default_of
 from gateway.errors import (
     DOWNSTREAM_DEFERRED,
     LOCAL_ERROR,
@@ -95,6 +96,14 @@ _ADDRESS_CACHE_MAX_ARG = 512
 _addresses: dict[tuple[str, int], tuple[str | None, str | None]] = {}
 
 
+def _G(name: str) -> Any:
+    return default_of(GatewaySettings, name)
+
+
+def _N(name: str) -> Any:
+    return default_of(NetworkConfig, name)
+
+
 def has_bare_cr_or_lf(content: bytes) -> bool:
     """True if a CR is not followed by LF or a LF not preceded by CR.
 
@@ -128,14 +137,15 @@ class ListenerSettings:
     ssl_context: Any  # ssl.SSLContext (server side, see gateway.transport.tls)
     require_client_cert: bool = False
     peer_cert_ok: Callable[[bytes], bool] | None = None  # DER of the client certificate
-    max_message_bytes: int = 26_214_400
-    max_recipients: int = 50
-    command_timeout: float = 60.0
-    data_budget: float = 120.0  # seconds for ``process`` (translate + deliver)
+    # Defaults are GatewaySettings' (written once, in gateway.config.settings).
+    max_message_bytes: int = _G("max_message_bytes")
+    max_recipients: int = _G("max_recipients")
+    command_timeout: float = _G("command_timeout_seconds")
+    data_budget: float = _G("data_timeout_seconds")  # for ``process`` (translate + deliver)
     data_transfer_timeout: float = 600.0  # seconds for the client to send the content
-    max_sessions: int = 100
-    max_sessions_per_ip: int = 20
-    rate_limit_per_minute: int = 120  # MAIL commands per sender; 0 turns the limit off
+    max_sessions: int = _G("max_sessions")
+    max_sessions_per_ip: int = _G("max_sessions_per_ip")
+    rate_limit_per_minute: int = _G("rate_limit_per_minute")  # per sender; 0: no limit
     pseudonym_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     pseudonymise: Callable[[str], str] | None = None  # default: keyed_pseudonym(pseudonym_key)
     clock: Callable[[], float] = time.monotonic
@@ -146,7 +156,7 @@ class ListenerSettings:
     proxy_timeout: float = 5.0
     # False: MAIL without STARTTLS is accepted, for Postfix's before-queue proxy (plain SMTP
     # to its filter); config.py allows it on a loopback listen address only.
-    require_starttls: bool = True
+    require_starttls: bool = _N("require_starttls")
 
     def pseudo(self, address: str) -> str:
         return (self.pseudonymise or keyed_pseudonym(self.pseudonym_key))(address)

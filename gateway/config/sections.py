@@ -1,0 +1,200 @@
+"""Reading the ``[gateway]`` table and the optional tables of a network (imap, rewrite).
+
+Rule kept here: the keys a table accepts and the defaults it falls back to are those of its
+dataclass (``keys_of``, ``default_of``): nothing here lists a key or repeats a default by hand,
+except the bounds a value must respect.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gateway.config.addresses import checked, domain
+from gateway.config.checker import Checker, join
+from gateway.config.settings import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    GatewaySettings,
+    ImapConfig,
+    RewriteRule,
+    default_of,
+    keys_of,
+    split_host_port,
+)
+
+
+def _G(name: str) -> Any:
+    return default_of(GatewaySettings, name)
+
+
+def _I(name: str) -> Any:
+    return default_of(ImapConfig, name)
+
+
+def host_name(value: str) -> str:
+    """A host name as EHLO and the banner say it: a domain, possibly a single label."""
+    return domain(value, fqdn=False)
+
+
+def gateway(c: Checker, data: Mapping[str, Any]) -> GatewaySettings:
+    p = "gateway"
+    table = c.table(data, "gateway", p, required=True)
+    if table is None:
+        return GatewaySettings(hostname="")  # reported; the config will not be used
+    c.unknown_keys(table, keys_of(GatewaySettings), p)
+    hostname = c.string(table, "hostname", p, required=True)
+    if hostname:
+        normalised, _ = checked(host_name, hostname)
+        if normalised is None:
+            c.problem(f"{p}.hostname", "not a valid host name")
+        else:
+            hostname = normalised
+    key_file = c.path(table, "pseudonym_key_file", p)
+    if key_file is not None and key_file.is_file():
+        content = c.read(f"{p}.pseudonym_key_file", key_file)
+        if content is not None and len(content.strip()) < 16:
+            c.problem(f"{p}.pseudonym_key_file", "key too short (at least 16 bytes)")
+        c.secret_mode(f"{p}.pseudonym_key_file", key_file)
+    log_format = c.string(table, "log_format", p, _G("log_format"))
+    if log_format not in LOG_FORMATS:
+        c.problem(f"{p}.log_format", "must be \"json\" or \"console\"")
+        log_format = _G("log_format")
+    log_level = c.string(table, "log_level", p, _G("log_level")).lower()
+    if log_level not in LOG_LEVELS:
+        c.problem(f"{p}.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+        log_level = _G("log_level")
+
+    def seconds(name: str) -> float:
+        return c.seconds(table, name, p, _G(name))
+
+    def count(name: str, **bounds: int) -> int:
+        return c.integer(table, name, p, _G(name), **bounds)
+
+    return GatewaySettings(
+        hostname=hostname,
+        max_message_bytes=count("max_message_bytes", minimum=1024),
+        max_recipients=count("max_recipients"),
+        pseudonym_key_file=key_file,
+        log_format="console" if log_format == "console" else "json",
+        log_level=log_level,
+        drain_seconds=seconds("drain_seconds"),
+        summary_seconds=seconds("summary_seconds"),
+        data_timeout_seconds=seconds("data_timeout_seconds"),
+        command_timeout_seconds=seconds("command_timeout_seconds"),
+        max_sessions=count("max_sessions"),
+        max_sessions_per_ip=count("max_sessions_per_ip"),
+        rate_limit_per_minute=count("rate_limit_per_minute"),
+        max_depth=count("max_depth", maximum=100),
+        metrics_listen=host_port(c, table, "metrics_listen", p, required=False),
+        mlockall=c.boolean(table, "mlockall", p, _G("mlockall")),
+        translate_inline_bytes=count("translate_inline_bytes", minimum=0, maximum=1_048_576),
+    )
+
+
+def host_port(c: Checker, table: Mapping[str, Any], name: str, prefix: str, *,
+               required: bool) -> str | None:
+    key = join(prefix, name)
+    if name not in table:
+        if required:
+            c.problem(key, "missing required key")
+        return None
+    value = c.string(table, name, prefix)
+    if not value:
+        if isinstance(table[name], str):
+            c.problem(key, "must be host:port")
+        return None
+    try:
+        split_host_port(value)
+    except ValueError as exc:
+        c.problem(key, f"must be host:port with a port 1..65535 ({exc})")
+        return None
+    return value
+
+
+def paths(c: Checker, table: Mapping[str, Any], name: str, prefix: str, *,
+           required: bool = False, single: bool = True) -> list[tuple[str, Path]]:
+    out = []
+    for key, value in c.string_list(table, name, prefix, required=required, single=single):
+        if not value:
+            c.problem(key, "must be a path (a non-empty string)")
+            continue
+        path = c.resolve(value)
+        if c.check_path(key, path, "file"):
+            out.append((key, path))
+        else:
+            out.append((key, path))
+    if required and name in table and not out and not any(
+            p.key.startswith(join(prefix, name)) for p in c.problems):
+        c.problem(join(prefix, name), "must name at least one file")
+    return out
+
+
+def imap(c: Checker, net: Mapping[str, Any], prefix: str) -> ImapConfig | None:
+    p = f"{prefix}.imap"
+    table = c.table(net, "imap", p, required=False)
+    if table is None:
+        return None
+    c.unknown_keys(table, keys_of(ImapConfig), p)
+    host = c.string(table, "host", p, required=True)
+    if "host" in table and isinstance(table["host"], str) and (
+            not host or any(ch.isspace() for ch in host)):
+        c.problem(f"{p}.host", "not a valid host name")
+    port = c.integer(table, "port", p, _I("port"), maximum=65535)
+    user = c.string(table, "user", p, required=True)
+    password_file = c.path(table, "password_file", p, required=True)
+    if password_file is not None and password_file.is_file():
+        c.read(f"{p}.password_file", password_file)
+        c.secret_mode(f"{p}.password_file", password_file)
+    tls_ca = c.path(table, "tls_ca", p)
+    c.certificates(f"{p}.tls_ca", tls_ca)
+    client_cert = c.path(table, "client_cert", p)
+    client_key = c.path(table, "client_key", p)
+    if ("client_cert" in table) != ("client_key" in table):
+        missing = "client_cert" if "client_cert" not in table else "client_key"
+        c.problem(f"{p}.{missing}", "client_cert and client_key go together")
+    elif client_cert is not None or client_key is not None:
+        c.key_pair(p, "client_cert", "client_key", cert_path=client_cert, key_path=client_key,
+                   what="IMAP client certificate")
+    folders = {}
+    for name in ("mailbox", "processing_folder", "rejected_folder"):
+        folders[name] = c.string(table, name, p, _I(name))
+        if not folders[name]:
+            c.problem(f"{p}.{name}", "must not be empty")
+    if len(set(folders.values())) < len(folders):
+        c.problem(f"{p}.processing_folder",
+                  "mailbox, processing_folder and rejected_folder must differ")
+    return ImapConfig(
+        host=host, user=user, password_file=password_file or Path(), port=port,
+        mailbox=folders["mailbox"], processing_folder=folders["processing_folder"],
+        rejected_folder=folders["rejected_folder"],
+        lease_seconds=c.seconds(table, "lease_seconds", p, _I("lease_seconds")),
+        poll_seconds=c.seconds(table, "poll_seconds", p, _I("poll_seconds")),
+        tls_ca=tls_ca, client_cert=client_cert, client_key=client_key,
+    )
+
+
+def rewrite(c: Checker, net: Mapping[str, Any], prefix: str) -> RewriteRule | None:
+    p = f"{prefix}.rewrite"
+    table = c.table(net, "rewrite", p, required=False)
+    if table is None:
+        return None
+    c.unknown_keys(table, keys_of(RewriteRule), p)
+    value = c.string(table, "domain", p, required=True)
+    if "domain" in table and isinstance(table["domain"], str):
+        normalised, reason = checked(domain, value)
+        if normalised is None:
+            c.problem(f"{p}.domain", f"bad domain: {reason}")
+            return None
+        return RewriteRule(domain=normalised)
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+

@@ -1,0 +1,202 @@
+"""The values of a configuration: frozen dataclasses, each setting's default written once.
+
+Rule kept here: a setting's default lives in its dataclass field and nowhere else. The reader
+(``gateway.config.sections``) derives the keys it accepts and the defaults it falls back to
+from these fields (``keys_of``, ``default_of``); the transports take theirs from here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+from gateway import errors
+from gateway.config.addresses import address, checked, in_domains
+
+Network = Literal["apicrypt", "mssante"]
+NETWORK_NAMES: tuple[Network, Network] = ("apicrypt", "mssante")
+DEFAULT_CHARSETS: Mapping[str, str] = MappingProxyType(
+    {"apicrypt": "iso-8859-1", "mssante": "utf-8"})
+LOG_FORMATS = ("json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+EXPIRY_WARNING = dt.timedelta(days=30)
+
+
+def other(name: str) -> Network:
+    """The network a message entering from ``name`` goes to."""
+    if name == "apicrypt":
+        return "mssante"
+    if name == "mssante":
+        return "apicrypt"
+    raise errors.InternalError("unknown network")
+
+
+def keys_of(cls: type[Any], *, exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The configuration keys of a settings dataclass: its field names."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in exclude)
+
+
+def default_of(cls: type[Any], name: str) -> Any:
+    """The default of field ``name`` of a settings dataclass (the one place it is written)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            raise KeyError(f"{cls.__name__}.{name} has no default")
+    raise KeyError(f"{cls.__name__} has no field {name}")
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """``[gateway]``: the process-wide settings."""
+
+    hostname: str
+    max_message_bytes: int = 26_214_400
+    max_recipients: int = 50
+    pseudonym_key_file: Path | None = None  # keyed hash key for pseudonymised log addresses
+    log_format: Literal["json", "console"] = "json"
+    log_level: str = "info"
+    drain_seconds: float = 30.0
+    summary_seconds: float = 60.0  # period of the "summary" log line
+    metrics_listen: str | None = None  # "host:port" of /metrics, /healthz, /readyz (optional)
+    mlockall: bool = False  # lock the process in RAM: decrypted content never reaches swap
+    data_timeout_seconds: float = 120.0
+    command_timeout_seconds: float = 60.0
+    max_sessions: int = 100
+    max_sessions_per_ip: int = 20
+    rate_limit_per_minute: int = 120  # per envelope sender
+    max_depth: int = 6  # MIME / S/MIME nesting
+    # Messages up to this size are translated on the event loop (see Gateway._relay); bigger
+    # ones in the thread pool. 0: every translation in the pool.
+    translate_inline_bytes: int = 65_536
+
+
+@dataclass(frozen=True)
+class ImapConfig:
+    """``[networks.<name>.imap]``: a mailbox polled for mail *from* this network."""
+
+    host: str
+    user: str
+    password_file: Path
+    port: int = 993
+    mailbox: str = "INBOX"
+    processing_folder: str = "Passerelle/Processing"
+    rejected_folder: str = "Passerelle/Rejected"
+    lease_seconds: float = 600.0
+    poll_seconds: float = 30.0
+    tls_ca: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+
+@dataclass(frozen=True)
+class RewriteRule:
+    """``[networks.<name>.rewrite]``: the domain of the rule for unlisted addresses."""
+
+    domain: str
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """``[networks.<name>]``: everything the gateway knows about one network."""
+
+    name: Network
+    domains: tuple[str, ...]
+    trust_anchors: tuple[Path, ...]
+    crls: tuple[Path, ...]
+    smime_cert: Path
+    smime_key: Path
+    directory: Path
+    relay: str  # "host:port" of the next hop for mail *to* this network
+    intermediates: tuple[Path, ...] = ()
+    listen: str | None = None  # "host:port" of the SMTP listener for mail *from* this network
+    tls_cert: Path | None = None  # required when ``listen`` is set
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    require_client_cert: bool = False
+    proxy_protocol: bool = False  # the listener expects a PROXY header (behind a balancer)
+    # False: MAIL without STARTTLS is accepted (Postfix's before-queue proxy speaks plain SMTP
+    # to its filter); only on a loopback ``listen`` address, never with require_client_cert.
+    require_starttls: bool = True
+    relay_tls_cert: Path | None = None
+    relay_tls_key: Path | None = None
+    relay_tls_verify: bool = True
+    relay_ca: Path | None = None  # default: this network's trust anchors
+    charset: str = "utf-8"  # the text charset written toward this network
+    utf8_recipients: tuple[str, ...] = ()
+    imap: ImapConfig | None = None
+    rewrite: RewriteRule | None = None
+
+    def owns(self, raw: str) -> bool:
+        """True if ``raw`` is a valid address with a domain of this network's patterns."""
+        normalised, _ = checked(address, raw)
+        return normalised is not None and in_domains(normalised, self.domains)
+
+    @property
+    def listen_address(self) -> tuple[str, int] | None:
+        return split_host_port(self.listen) if self.listen else None
+
+    @property
+    def relay_address(self) -> tuple[str, int]:
+        return split_host_port(self.relay)
+
+
+@dataclass(frozen=True)
+class AddressPair:
+    """One ``[[address_book]]`` entry: the same person's address on each network."""
+
+    apicrypt: str
+    mssante: str
+
+    def on(self, network: str) -> str:
+        return self.apicrypt if network == "apicrypt" else self.mssante
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole, checked configuration."""
+
+    path: Path  # the configuration file, absolute
+    gateway: GatewaySettings
+    networks: Mapping[str, NetworkConfig]
+    address_book: tuple[AddressPair, ...] = ()
+    warnings: tuple[str, ...] = field(default=())  # worth a log line, not worth refusing
+
+    def network(self, name: str) -> NetworkConfig:
+        return self.networks[name]
+
+    @staticmethod
+    def other(name: str) -> Network:
+        return other(name)
+
+
+
+def addresses_of(pairs: Sequence[AddressPair], network: str) -> frozenset[str]:
+    """Every address of ``network`` in the address book."""
+    return frozenset(pair.on(network) for pair in pairs)
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """``"host:port"`` or ``"[v6]:port"`` -> (host, port); ValueError if malformed."""
+    host, colon, port_text = value.rpartition(":")
+    if not colon or not host or not port_text.isascii() or not port_text.isdigit():
+        raise ValueError("expected host:port")
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) < 3:
+            raise ValueError("expected host:port")
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("an IPv6 host must be written [address]:port")
+    if any(c.isspace() for c in host):
+        raise ValueError("expected host:port")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError("port must be 1..65535")
+    return host, port

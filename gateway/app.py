@@ -43,7 +43,8 @@ from gateway.translate.normalise import normalise
 from gateway.translate.pipeline import NetworkRuntime, Translation, translate
 from gateway.transport import tls
 from gateway.transport.imap_in import Bouncer, ImapPoller, ImapSettings
-from gateway.transport.smtp_in import InboundMessage, ListenerSettings, start_listener
+from gateway.transport.inbound import InboundMessage, ListenerSettings
+from gateway.transport.smtp_in import start_listener
 from gateway.transport.smtp_out import DeliveryPool, NextHop
 
 log = structlog.get_logger("gateway.app")

@@ -27,6 +27,8 @@ class Reply:
     text: str
 
     def __str__(self) -> str:
+        if not self.status:  # an intermediate reply (354) has no enhanced status (RFC 3463)
+            return f"{self.code} {self.text}"
         return f"{self.code} {self.status} {self.text}"
 
     @property
@@ -53,6 +55,43 @@ MALFORMED = Reply(550, "5.6.0", "Malformed message content")
 DOWNSTREAM_DEFERRED = Reply(451, "4.4.0", "Next hop unavailable, try again later")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 RATE_LIMITED = Reply(451, "4.7.0", "Too many messages from this sender, slow down")
+
+# SMTP session (gateway.transport.smtp_in): the listener's own replies
+SENDER_OK = Reply(250, "2.1.0", "Sender OK")
+RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
+START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
+BARE_NEWLINE = Reply(550, "5.5.2", "Bare CR or LF not allowed")
+NUL_NOT_ALLOWED = Reply(550, "5.6.0", "NUL character not allowed in message")
+TOO_MANY_SESSIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+STARTTLS_REQUIRED = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+CLIENT_CERT_REFUSED = Reply(554, "5.7.1", "Client certificate required or not trusted")
+NON_ASCII_COMMAND = Reply(553, "5.6.7", "Non-ASCII address or argument without SMTPUTF8")
+COMMAND_TOO_LONG = Reply(500, "5.5.2", "Command line too long")
+TEXT_LINE_TOO_LONG = Reply(500, "5.5.2", "Message line too long (RFC 5321 4.5.3.1.6)")
+MALFORMED_ADDRESS = Reply(553, "5.1.3", "Malformed address")
+TIMEOUT_CLOSING = Reply(421, "4.4.2", "Timeout, closing connection")
+TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")
+COMMAND_UNRECOGNISED = Reply(500, "5.5.1", "Command not recognized")
+CLIENT_CLOSED = Reply(421, "4.4.2", "Connection closed by client, closing")
+NEED_RECIPIENT = Reply(503, "5.5.1", "Error: need RCPT command")
+DATA_SYNTAX = Reply(501, "5.5.4", "Syntax: DATA")
+
+# next hop (gateway.transport.smtp_out): why a relay did not happen, or what the hop said
+NEXT_HOP_UNREACHABLE = Reply(451, "4.4.1", "Next hop not reachable, try again later")
+NEXT_HOP_TIMEOUT = Reply(451, "4.4.2", "Next hop timed out or disconnected, try again later")
+NEXT_HOP_NO_TLS = Reply(451, "4.7.5", "Next hop TLS failed or not offered, try again later")
+NEXT_HOP_DEFERRED = DOWNSTREAM_DEFERRED  # the next hop answered 4xx
+NEXT_HOP_REFUSED_TEXT = "Next hop refused:"  # before the hop's own (sanitised) words
+
+
+def next_hop_refused(code: int, status: str | None, said: str) -> Reply:
+    """The next hop's 5xx mirrored, with its sanitised words after our fixed prefix."""
+    return Reply(code, status or "5.0.0", f"{NEXT_HOP_REFUSED_TEXT} {said}".rstrip())
+
+
+def relayed(said: str) -> Reply:
+    """``OK``, followed by the next hop's own words (its queue id) when it said any."""
+    return Reply(OK.code, OK.status, f"{OK.text} ({said})" if said else OK.text)
 
 # addresses (the envelope policy, gateway.translate.routing and gateway.config.addresses)
 NULL_SENDER_REFUSED = Reply(550, "5.7.1",

@@ -8,6 +8,7 @@ whole table when full costs nothing per hit and needs no bookkeeping; the same f
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -42,3 +43,6 @@ class Memo(Generic[K, V]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._data
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._data)

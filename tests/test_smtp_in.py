@@ -34,6 +34,9 @@ TABLE = routing.build_table(
     {"apicrypt": "passerelle.apicrypt.org", "mssante": "passerelle.mssante.fr"},
 )
 
+# Every reply these sessions receive must come from gateway/errors.py (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("reply_audit")
+
 
 @pytest.fixture(scope="session")
 def tls_in(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
@@ -326,7 +329,7 @@ async def test_mutual_tls_required(tls_in: TlsFiles) -> None:
         # No client certificate: the session is refused at every command but QUIT.
         smtp = await connect(port, tls_in)
         code, text = await code_of(smtp.mail(SENDER))
-        assert f"{code} {text}" == str(smtp_in.CLIENT_CERT_REFUSED)
+        assert f"{code} {text}" == str(errors.CLIENT_CERT_REFUSED)
         smtp.close()
         # A certificate of another CA: the handshake itself fails.
         with pytest.raises((aiosmtplib.SMTPException, ssl.SSLError, ConnectionError)):
@@ -449,7 +452,7 @@ async def test_idle_client_gets_421_and_is_closed(tls_in: TlsFiles) -> None:
         assert banner == b"220 gw.example ESMTP\r\n"  # no software name or version
         rest = await asyncio.wait_for(reader.read(), timeout=5)
         writer.close()
-    assert rest == str(smtp_in.TIMEOUT_CLOSING).encode() + b"\r\n"
+    assert rest == str(errors.TIMEOUT_CLOSING).encode() + b"\r\n"
 
 
 def test_peer_certificate_revoked_by_crl() -> None:

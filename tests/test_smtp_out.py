@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway import errors
+from gateway.memo import Memo
 from gateway.smime import certgen
 from gateway.transport import smtp_out, tls
 from gateway.transport.smtp_out import NextHop, deliver
@@ -163,7 +164,7 @@ async def test_downstream_4xx_at_data_is_451(tls_files: TlsFiles) -> None:
     b = SinkBehaviour(data_reply="451 4.3.0 try later")
     async with sink(b, cert=tls_files.cert, key=tls_files.key) as port:
         reply = await deliver(hop(tls_files, port), "a@x.example", ["b@y.example"], MESSAGE)
-    assert reply == smtp_out.NEXT_HOP_DEFERRED
+    assert reply == errors.NEXT_HOP_DEFERRED
     assert reply.code == 451
 
 
@@ -196,7 +197,7 @@ async def test_recipient_4xx_is_451(tls_files: TlsFiles) -> None:
 
 async def test_connection_refused_is_451(tls_files: TlsFiles) -> None:
     reply = await deliver(hop(tls_files, free_port()), "a@x.example", ["b@y.example"], MESSAGE)
-    assert reply == smtp_out.NEXT_HOP_UNREACHABLE
+    assert reply == errors.NEXT_HOP_UNREACHABLE
 
 
 async def test_hanging_hop_is_451_within_timeout(tls_files: TlsFiles) -> None:
@@ -205,7 +206,7 @@ async def test_hanging_hop_is_451_within_timeout(tls_files: TlsFiles) -> None:
         reply = await asyncio.wait_for(
             deliver(hop(tls_files, port, timeout=0.5), "a@x.example", ["b@y.example"],
                     MESSAGE), timeout=10)
-    assert reply == smtp_out.NEXT_HOP_TIMEOUT
+    assert reply == errors.NEXT_HOP_TIMEOUT
 
 
 async def test_drop_mid_data_is_451(tls_files: TlsFiles) -> None:
@@ -220,7 +221,7 @@ async def test_untrusted_certificate_is_451_and_nothing_sent(tls_files: TlsFiles
     b = SinkBehaviour()
     async with sink(b, cert=tls_files.rogue_cert, key=tls_files.rogue_key) as port:
         reply = await deliver(hop(tls_files, port), "a@x.example", ["b@y.example"], MESSAGE)
-    assert reply == smtp_out.NEXT_HOP_NO_TLS
+    assert reply == errors.NEXT_HOP_NO_TLS
     assert b.received == [] and b.seen_tls == []
 
 
@@ -231,7 +232,7 @@ async def test_wrong_name_is_451_unless_name_check_off(tls_files: TlsFiles) -> N
                         ssl_context=tls.client_context(ca_files=[tls_files.ca]),
                         timeout_seconds=5, tls_server_name="other.example")
         assert await deliver(wrong, "a@x.example", ["b@y.example"], MESSAGE) \
-            == smtp_out.NEXT_HOP_NO_TLS
+            == errors.NEXT_HOP_NO_TLS
         # The name check can go (relay by IP); the chain check stays.
         by_ip = NextHop(host="127.0.0.1", port=port, timeout_seconds=5,
                         ssl_context=tls.client_context(ca_files=[tls_files.ca],
@@ -244,7 +245,7 @@ async def test_no_starttls_is_451_and_nothing_sent(tls_files: TlsFiles) -> None:
     b = SinkBehaviour()
     async with sink(b, cert=None, key=None) as port:
         reply = await deliver(hop(tls_files, port), "a@x.example", ["b@y.example"], MESSAGE)
-    assert reply == smtp_out.NEXT_HOP_NO_TLS
+    assert reply == errors.NEXT_HOP_NO_TLS
     assert b.received == [] and b.seen_tls == []
 
 
@@ -265,7 +266,7 @@ def test_mirror_text() -> None:
     assert "\r" not in str(r) and "\n" not in str(r)
     assert smtp_out.mirror(550, "no enhanced code").status == "5.0.0"
     assert smtp_out.mirror(550, "4.1.1 wrong class").status == "5.0.0"
-    assert smtp_out.mirror(421, "4.3.2 shutting down") == smtp_out.NEXT_HOP_DEFERRED
+    assert smtp_out.mirror(421, "4.3.2 shutting down") == errors.NEXT_HOP_DEFERRED
 
 
 # --- a real Postfix smtp-sink: it speaks no TLS, so nothing may be sent to it ------------------
@@ -303,7 +304,7 @@ async def test_real_postfix_sink_without_tls_gets_nothing(
         tls_files: TlsFiles, postfix_sink: tuple[int, Path]) -> None:
     port, dump = postfix_sink
     reply = await deliver(hop(tls_files, port), "a@x.example", ["b@y.example"], MESSAGE)
-    assert reply == smtp_out.NEXT_HOP_NO_TLS
+    assert reply == errors.NEXT_HOP_NO_TLS
     assert reply.code == 451
     await asyncio.sleep(0.1)
     assert list(dump.iterdir()) == []
@@ -404,7 +405,7 @@ async def test_pool_verdicts_match_deliver_on_a_reused_connection(tls_files: Tls
         assert (reply.code, reply.status) == (554, "5.7.1") and "b@y.example" not in reply.text
         b.data_reply = "451 4.3.0 try later"
         assert await pool.deliver("a@x.example", ["b@y.example"], MESSAGE) \
-            == smtp_out.NEXT_HOP_DEFERRED
+            == errors.NEXT_HOP_DEFERRED
         b.data_reply = None
         reply = await pool.deliver("z@x.example", ["d@y.example"], MESSAGE)
         assert reply.code == 250
@@ -453,7 +454,7 @@ async def test_pool_never_reuses_after_a_failure(tls_files: TlsFiles) -> None:
         b.hang_at_data = True
         quick = smtp_out.DeliveryPool(hop(tls_files, s.port, timeout=0.5))
         assert await quick.deliver("a@x.example", ["b@y.example"], MESSAGE) \
-            == smtp_out.NEXT_HOP_TIMEOUT
+            == errors.NEXT_HOP_TIMEOUT
         assert quick.idle == 0
         b.hang_at_data = False
         assert (await pool.deliver("a@x.example", ["b@y.example"], MESSAGE)).code == 250
@@ -521,13 +522,13 @@ async def test_pool_connection_failures_are_deliver_replies(tls_files: TlsFiles,
     if case == "refused":
         pool = smtp_out.DeliveryPool(hop(tls_files, free_port()))
         assert await pool.deliver("a@x.example", ["b@y.example"], MESSAGE) \
-            == smtp_out.NEXT_HOP_UNREACHABLE
+            == errors.NEXT_HOP_UNREACHABLE
         return
     async with sink(b, cert=cert, key=key) as port:
         pool = smtp_out.DeliveryPool(hop(tls_files, port))
         for _ in range(2):
             assert await pool.deliver("a@x.example", ["b@y.example"], MESSAGE) \
-                == smtp_out.NEXT_HOP_NO_TLS
+                == errors.NEXT_HOP_NO_TLS
         assert pool.idle == 0
         await pool.close()
     assert b.received == [] and b.seen_tls == []
@@ -553,8 +554,7 @@ def test_bare_newline_check_agrees_with_the_lookaround(parts: list[bytes]) -> No
 def test_cached_address_parsing_is_aiosmtpd_s(monkeypatch: pytest.MonkeyPatch) -> None:
     from gateway.transport import smtp_in
 
-    monkeypatch.setattr(smtp_in, "_ADDRESS_CACHE_SIZE", 3)
-    monkeypatch.setattr(smtp_in, "_addresses", {})
+    monkeypatch.setattr(smtp_in, "_addresses", Memo(3))
     session = SMTP(SinkHandler(SinkBehaviour()))
     ours = smtp_in._Session.__new__(smtp_in._Session)
     args = ["<a@b.example>", "FROM:<a@b.example>", "<a@b.example> SIZE=10", "a@b.example",

@@ -13,7 +13,7 @@ import ssl
 import pytest
 
 from gateway import errors
-from gateway.transport import smtp_in, tls
+from gateway.transport import tls
 from tests.test_smtp_in import (
     RCPT,
     ROUTED,
@@ -29,6 +29,9 @@ SMUGGLED_RCPT = "victim=hopital-test.mssante.fr@passerelle.apicrypt.org"
 SMUGGLED = (f"MAIL FROM:<{SMUGGLED_SENDER}>\r\nRCPT TO:<{SMUGGLED_RCPT}>\r\nDATA\r\n"
             "From: evil@medical59.apicrypt.org\r\nSubject: smuggled\r\n\r\nspoofed\r\n").encode()
 HEADER = b"From: jean.dupont@medical59.apicrypt.org\r\nSubject: first\r\n\r\nhello\r\n"
+
+# Every reply these sessions receive must come from gateway/errors.py (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("reply_audit")
 
 
 @pytest.fixture(scope="module")
@@ -94,16 +97,16 @@ async def _next_message_is_relayed(raw: Raw, rec: Recorder) -> None:
 
 
 @pytest.mark.parametrize(("name", "payload", "expected"), [
-    ("LF.CRLF", HEADER + b"\n.\r\n" + SMUGGLED, smtp_in.BARE_NEWLINE),
-    ("CRLF.LF", HEADER + b"\r\n.\n" + SMUGGLED, smtp_in.BARE_NEWLINE),
-    ("LF.LF", HEADER + b"\n.\n" + SMUGGLED, smtp_in.BARE_NEWLINE),
-    ("CR.CRLF", HEADER + b"\r.\r\n" + SMUGGLED, smtp_in.BARE_NEWLINE),
-    ("CR.CR", HEADER + b"\r.\r" + SMUGGLED, smtp_in.BARE_NEWLINE),
-    ("NUL.CRLF", HEADER + b"\x00.\r\n" + SMUGGLED, smtp_in.NUL_NOT_ALLOWED),
+    ("LF.CRLF", HEADER + b"\n.\r\n" + SMUGGLED, errors.BARE_NEWLINE),
+    ("CRLF.LF", HEADER + b"\r\n.\n" + SMUGGLED, errors.BARE_NEWLINE),
+    ("LF.LF", HEADER + b"\n.\n" + SMUGGLED, errors.BARE_NEWLINE),
+    ("CR.CRLF", HEADER + b"\r.\r\n" + SMUGGLED, errors.BARE_NEWLINE),
+    ("CR.CR", HEADER + b"\r.\r" + SMUGGLED, errors.BARE_NEWLINE),
+    ("NUL.CRLF", HEADER + b"\x00.\r\n" + SMUGGLED, errors.NUL_NOT_ALLOWED),
     ("bare LF in header", b"From: a@b.example\nBcc: x@y.example\r\nSubject: s\r\n\r\nx\r\n",
-     smtp_in.BARE_NEWLINE),
-    ("bare CR in header", b"Subject: a\rInjected: yes\r\n\r\nx\r\n", smtp_in.BARE_NEWLINE),
-    ("overlong text line", HEADER + b"x" * 1200 + b"\r\n", smtp_in.TEXT_LINE_TOO_LONG),
+     errors.BARE_NEWLINE),
+    ("bare CR in header", b"Subject: a\rInjected: yes\r\n\r\nx\r\n", errors.BARE_NEWLINE),
+    ("overlong text line", HEADER + b"x" * 1200 + b"\r\n", errors.TEXT_LINE_TOO_LONG),
 ])
 async def test_smuggling_and_bad_content(tls_sm: TlsFiles, name: str, payload: bytes,
                                          expected: errors.Reply) -> None:
@@ -134,7 +137,7 @@ async def test_pipelined_smuggled_second_message(tls_sm: TlsFiles) -> None:
         replies = [await raw.reply() for _ in range(5)]
         assert replies[0].startswith("250") and replies[1].startswith("250")
         assert replies[2].startswith("354")
-        assert replies[3] == str(smtp_in.BARE_NEWLINE)
+        assert replies[3] == str(errors.BARE_NEWLINE)
         assert replies[4].startswith("250")  # NOOP: still in step
         await _next_message_is_relayed(raw, rec)
         await raw.close()
@@ -158,9 +161,9 @@ async def test_well_formed_pipelining_is_two_messages(tls_sm: TlsFiles) -> None:
 
 @pytest.mark.parametrize(("line", "expected"), [
     (b"RCPT TO:<marie\xe9=hopital-test.mssante.fr@passerelle.apicrypt.org>",
-     smtp_in.NON_ASCII_COMMAND),
-    (b"RCPT TO:<" + b"a" * 600 + b"@passerelle.apicrypt.org>", smtp_in.COMMAND_TOO_LONG),
-    (b"RCPT TO:<" + b"a" * 2000 + b"@passerelle.apicrypt.org>", smtp_in.COMMAND_TOO_LONG),
+     errors.NON_ASCII_COMMAND),
+    (b"RCPT TO:<" + b"a" * 600 + b"@passerelle.apicrypt.org>", errors.COMMAND_TOO_LONG),
+    (b"RCPT TO:<" + b"a" * 2000 + b"@passerelle.apicrypt.org>", errors.COMMAND_TOO_LONG),
     (b"RCPT TO:<@relay.example:" + RCPT.encode() + b">", None),  # route dropped: accepted
     (b"RCPT TO:<victim%hopital-test.mssante.fr@passerelle.apicrypt.org>", "553 5.1.3"),
     (b'RCPT TO:<"victim@hopital-test.mssante.fr"@passerelle.apicrypt.org>', "553 5.1.3"),

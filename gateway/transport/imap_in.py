@@ -92,7 +92,7 @@ from gateway.smime.unwrap import mailboxes, seal
 from gateway.translate.pipeline import NetworkRuntime, recipient_certificate
 from gateway.transport import tls
 from gateway.transport.dsn import build_dsn
-from gateway.transport.smtp_in import InboundMessage
+from gateway.transport.inbound import InboundMessage
 from gateway.transport.smtp_out import NextHop, deliver
 
 log = structlog.get_logger("gateway.imap_in")

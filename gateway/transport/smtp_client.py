@@ -6,6 +6,11 @@ are the same. aiosmtplib gets there with two regular-expression substitutions ov
 message, line by line; the gateway's own messages are already CRLF throughout, for which a
 count of line endings and one ``bytes.replace`` give the same bytes. Anything else, or an
 aiosmtplib whose protocol object lacks what this relies on, goes through ``SMTP.data``.
+
+Library internals (aiosmtplib, capped ``<6`` in pyproject.toml; tests/test_library_internals.py
+fails first when one changes): a copy of ``SMTPProtocol.execute_data_command`` that takes the
+protocol's ``_command_lock`` and sets ``_response_pending``, and ``SMTP._ehlo_or_helo_if_needed``.
+It saves about 56 µs of CPU per 10 KB message, measured by the relay benchmark.
 """
 
 from __future__ import annotations

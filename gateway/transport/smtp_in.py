@@ -2,7 +2,7 @@
 
 Rule kept here: the listener decides nothing about mail; it enforces the session's bounds and
 asks injected policy callables (``check_sender``, ``route_recipient``, ``process``) for every
-verdict, and every reply it sends is a named ``Reply`` (here or in ``gateway.errors``) or a
+verdict, and every reply it sends is a named ``Reply`` of ``gateway.errors`` or a
 ``GatewayError.reply`` -- never a library default that leaks internals, never ``250`` before
 ``process`` (which relays downstream) answered ``250`` (DESIGN §2: before-queue proxy).
 
@@ -19,65 +19,71 @@ and any NUL (RFC 5321 §4.5.2 / RFC 6152: not in 8BITMIME text) with ``550 5.5.2
 A smuggled second message is therefore never seen as one, and the session stays in step.
 
 aiosmtpd's own replies carry no enhanced status code and some are vague ("500 Error: strict
-ASCII mode" for an 8-bit ``RCPT``); ``_LIBRARY_REPLIES`` translates those to named replies.
+ASCII mode" for an 8-bit ``RCPT``); ``_LIBRARY_REPLIES`` translates those its own command
+handlers write to named replies; the commands this module implements push ours directly.
 Logs carry pseudonymised addresses only (``ListenerSettings.pseudonymise``).
+
+Library internals (aiosmtpd, capped ``<2`` in pyproject.toml; tests/test_library_internals.py
+fails first when one of them changes): overridden ``_getaddr`` (cached parse),
+``_handle_client`` (session limits before the greeting), ``_timeout_cb`` (421 before the idle
+close), ``smtp_DATA``; called ``_call_handler_hook``, ``_reset_timeout``,
+``_set_post_data_state``; read ``_reader`` (and its ``_limit``, raised while a message streams
+in), ``_writer``, ``_tls_protocol``, ``_original_transport``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import hashlib
 import logging
 import re
-import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, AnyStr
 
 import structlog
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, TLSSetupException, syntax
 
-from gateway.config import GatewaySettings, NetworkConfig, default_of
 from gateway.errors import (
+    BARE_NEWLINE,
+    CLIENT_CERT_REFUSED,
+    CLIENT_CLOSED,
+    COMMAND_TOO_LONG,
+    COMMAND_UNRECOGNISED,
+    DATA_SYNTAX,
     DOWNSTREAM_DEFERRED,
     LOCAL_ERROR,
+    MALFORMED_ADDRESS,
     MESSAGE_TOO_BIG,
+    NEED_RECIPIENT,
+    NON_ASCII_COMMAND,
+    NUL_NOT_ALLOWED,
     RATE_LIMITED,
+    RECIPIENT_OK,
+    SENDER_OK,
+    START_DATA,
+    STARTTLS_REQUIRED,
+    TEXT_LINE_TOO_LONG,
+    TIMEOUT_CLOSING,
+    TLS_ALREADY_ACTIVE,
     TOO_MANY_RECIPIENTS,
+    TOO_MANY_SESSIONS,
     GatewayError,
     Reply,
 )
+from gateway.memo import Memo
 from gateway.obs import new_trace_id
+from gateway.transport.inbound import InboundMessage, ListenerSettings, keyed_pseudonym
+from gateway.transport.limits import ListenerState
 from gateway.transport.smtp_data import DataVerdict, read_data
 
 log = structlog.get_logger("gateway.smtp_in")
 
-# Replies of the listener itself (the lead may move them to errors.py).
-BARE_NEWLINE = Reply(550, "5.5.2", "Bare CR or LF not allowed")
-NUL_NOT_ALLOWED = Reply(550, "5.6.0", "NUL character not allowed in message")
-TOO_MANY_SESSIONS = Reply(421, "4.7.0", "Too many connections, try again later")
-STARTTLS_REQUIRED = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
-CLIENT_CERT_REFUSED = Reply(554, "5.7.1", "Client certificate required or not trusted")
-NON_ASCII_COMMAND = Reply(553, "5.6.7", "Non-ASCII address or argument without SMTPUTF8")
-COMMAND_TOO_LONG = Reply(500, "5.5.2", "Command line too long")
-TEXT_LINE_TOO_LONG = Reply(500, "5.5.2", "Message line too long (RFC 5321 4.5.3.1.6)")
-MALFORMED_ADDRESS = Reply(553, "5.1.3", "Malformed address")
-SENDER_OK = Reply(250, "2.1.0", "Sender OK")
-RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
-TIMEOUT_CLOSING = Reply(421, "4.4.2", "Timeout, closing connection")
-TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")
-COMMAND_UNRECOGNISED = Reply(500, "5.5.1", "Command not recognized")
-CLIENT_CLOSED = Reply(421, "4.4.2", "Connection closed by client, closing")
-
-# aiosmtpd's own reply strings -> ours (exact matches; anything else goes out as aiosmtpd
-# wrote it: syntax help and sequence errors, which carry nothing internal).
+# Replies aiosmtpd writes in its own command handlers (not ours to word) -> ours, exact
+# matches; anything else goes out as aiosmtpd wrote it: protocol lines that carry no policy
+# (greeting, EHLO, syntax help, sequence errors: tests/test_replies.py lists them).
 _LIBRARY_REPLIES: dict[str, Reply] = {
     "500 Error: strict ASCII mode": NON_ASCII_COMMAND,
     "500 Command line too long": COMMAND_TOO_LONG,
-    "500 Line too long (see RFC5321 4.5.3.1.6)": TEXT_LINE_TOO_LONG,
-    "552 Error: Too much mail data": MESSAGE_TOO_BIG,
     "552 Error: message size exceeds fixed maximum message size": MESSAGE_TOO_BIG,
     "530 Must issue a STARTTLS command first": STARTTLS_REQUIRED,
     "554 Command refused due to lack of security": CLIENT_CERT_REFUSED,
@@ -93,15 +99,7 @@ _DATA_BUFFER_BYTES = 64 * 1024
 # Parsed MAIL/RCPT arguments (aiosmtpd's parser builds a class per call): few distinct values.
 _ADDRESS_CACHE_SIZE = 4096
 _ADDRESS_CACHE_MAX_ARG = 512
-_addresses: dict[tuple[str, int], tuple[str | None, str | None]] = {}
-
-
-def _G(name: str) -> Any:
-    return default_of(GatewaySettings, name)
-
-
-def _N(name: str) -> Any:
-    return default_of(NetworkConfig, name)
+_addresses: Memo[tuple[str, int], tuple[str | None, str | None]] = Memo(_ADDRESS_CACHE_SIZE)
 
 
 def has_bare_cr_or_lf(content: bytes) -> bool:
@@ -115,130 +113,9 @@ def has_bare_cr_or_lf(content: bytes) -> bool:
 _PRINTABLE_REPLY = re.compile(r"[2-5]\d\d [2-5]\.\d{1,3}\.\d{1,3} [\x20-\x7e]{1,400}")
 
 
-def keyed_pseudonym(key: bytes) -> Callable[[str], str]:
-    """A pseudonymiser: keyed BLAKE2b of the lower-cased address, 16 hex characters."""
-
-    def pseudonymise(address: str) -> str:
-        digest = hashlib.blake2b(address.strip().lower().encode("utf-8", "surrogateescape"),
-                                 key=key[:64], digest_size=8)
-        return digest.hexdigest()
-
-    return pseudonymise
-
-
-@dataclass(frozen=True)
-class ListenerSettings:
-    """One listener: where it listens, who it is, and its bounds."""
-
-    network: str
-    host: str
-    port: int  # 0: any free port (tests)
-    hostname: str  # EHLO / banner name
-    ssl_context: Any  # ssl.SSLContext (server side, see gateway.transport.tls)
-    require_client_cert: bool = False
-    peer_cert_ok: Callable[[bytes], bool] | None = None  # DER of the client certificate
-    # Defaults are GatewaySettings' (written once, in gateway.config.settings).
-    max_message_bytes: int = _G("max_message_bytes")
-    max_recipients: int = _G("max_recipients")
-    command_timeout: float = _G("command_timeout_seconds")
-    data_budget: float = _G("data_timeout_seconds")  # for ``process`` (translate + deliver)
-    data_transfer_timeout: float = 600.0  # seconds for the client to send the content
-    max_sessions: int = _G("max_sessions")
-    max_sessions_per_ip: int = _G("max_sessions_per_ip")
-    rate_limit_per_minute: int = _G("rate_limit_per_minute")  # per sender; 0: no limit
-    pseudonym_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
-    pseudonymise: Callable[[str], str] | None = None  # default: keyed_pseudonym(pseudonym_key)
-    clock: Callable[[], float] = time.monotonic
-    # PROXY protocol (v1/v2) from a TCP balancer: the real client address comes from its
-    # header, which must arrive within ``proxy_timeout`` seconds or the connection is closed.
-    # Only for listeners that nothing but the balancer can reach.
-    proxy_protocol: bool = False
-    proxy_timeout: float = 5.0
-    # False: MAIL without STARTTLS is accepted, for Postfix's before-queue proxy (plain SMTP
-    # to its filter); config.py allows it on a loopback listen address only.
-    require_starttls: bool = _N("require_starttls")
-
-    def pseudo(self, address: str) -> str:
-        return (self.pseudonymise or keyed_pseudonym(self.pseudonym_key))(address)
-
-
-@dataclass(eq=False)
-class InboundMessage:
-    """One message as received: what ``process`` gets.
-
-    ``content`` is the only reference to the message once ``process`` has it (the session lets
-    go of its copy); ``release`` drops it once translated, so a big message in flight is held
-    once (as received, then as translated), never twice.
-    """
-
-    network: str  # the network it entered from
-    mail_from: str  # as received
-    rcpt_tos: tuple[str, ...]  # as received
-    routed_rcpts: tuple[str, ...]  # destination addresses (route_recipient), no duplicates
-    content: bytes
-    peer: str  # client IP
-    tls_peer_cert: bytes | None  # DER of the client certificate, if any
-    trace_id: str
-
-    def release(self) -> None:
-        self.content = b""
-
-
 CheckSender = Callable[[str], object]  # raises GatewayError; its result is ignored
 RouteRecipient = Callable[[str], str]  # raises GatewayError
 Process = Callable[[InboundMessage], Awaitable[Reply]]
-
-
-class _RateLimiter:
-    """At most ``limit`` events per key in any 60 s window; bounded memory."""
-
-    WINDOW = 60.0
-    MAX_KEYS = 10_000
-
-    def __init__(self, limit: int, clock: Callable[[], float]) -> None:
-        self.limit = limit
-        self.clock = clock
-        self.events: collections.OrderedDict[str, collections.deque[float]] = (
-            collections.OrderedDict())
-
-    def allow(self, key: str) -> bool:
-        if self.limit <= 0:
-            return True
-        now = self.clock()
-        events = self.events.pop(key, None) or collections.deque()
-        while events and now - events[0] >= self.WINDOW:
-            events.popleft()
-        allowed = len(events) < self.limit
-        if allowed:
-            events.append(now)
-        self.events[key] = events  # most recent last
-        while len(self.events) > self.MAX_KEYS:
-            self.events.popitem(last=False)
-        return allowed
-
-
-class _ListenerState:
-    """Shared by the sessions of one listener: counters and the rate limiter."""
-
-    def __init__(self, settings: ListenerSettings) -> None:
-        self.settings = settings
-        self.sessions = 0
-        self.per_ip: collections.Counter[str] = collections.Counter()
-        self.rate = _RateLimiter(settings.rate_limit_per_minute, settings.clock)
-
-    def admit(self, ip: str) -> bool:
-        s = self.settings
-        if self.sessions >= s.max_sessions or self.per_ip[ip] >= s.max_sessions_per_ip:
-            return False
-        self.sessions += 1
-        self.per_ip[ip] += 1
-        return True
-
-    def release(self, ip: str) -> None:
-        self.sessions -= 1
-        self.per_ip[ip] -= 1
-        if self.per_ip[ip] <= 0:
-            del self.per_ip[ip]
 
 
 class _Envelope(Envelope):
@@ -274,7 +151,7 @@ def _peer_certificate(session: Any) -> bytes | None:
 class _Handler:
     """The aiosmtpd handler: thin calls into the policy, replies from named constants."""
 
-    def __init__(self, settings: ListenerSettings, state: _ListenerState,
+    def __init__(self, settings: ListenerSettings, state: ListenerState,
                  check_sender: CheckSender, route_recipient: RouteRecipient,
                  process: Process) -> None:
         self.settings = settings
@@ -420,7 +297,7 @@ class _Handler:
 class _Session(SMTP):
     """aiosmtpd's SMTP protocol with the listener's bounds and reply translation."""
 
-    def __init__(self, handler: _Handler, state: _ListenerState,
+    def __init__(self, handler: _Handler, state: ListenerState,
                  loop: asyncio.AbstractEventLoop) -> None:
         s = state.settings
         super().__init__(
@@ -458,9 +335,7 @@ class _Session(SMTP):
             except Exception:  # email's parser raises IndexError on "<a@": malformed (553)
                 known = (None, None)
             if len(arg) <= _ADDRESS_CACHE_MAX_ARG:
-                if len(_addresses) >= _ADDRESS_CACHE_SIZE:
-                    _addresses.clear()
-                _addresses[key] = known
+                _addresses.put(key, known)
         return known
 
     def connection_made(self, transport: Any) -> None:
@@ -572,12 +447,12 @@ class _Session(SMTP):
             return
         envelope = self.envelope
         if envelope is None or not envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
+            await self.push(str(NEED_RECIPIENT))
             return
         if arg:
-            await self.push("501 Syntax: DATA")
+            await self.push(str(DATA_SYNTAX))
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        await self.push(str(START_DATA))
         # aiosmtpd sizes its reader for one command line, which would pause and resume the
         # socket every two lines of a message: while the content is read, it may hold more.
         reader: Any = self._reader
@@ -594,24 +469,25 @@ class _Session(SMTP):
         finally:
             reader._limit = self.line_length_limit
         if read.verdict is DataVerdict.TOO_LONG:
-            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+            await self.push(str(TEXT_LINE_TOO_LONG))
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
         if read.verdict is DataVerdict.TOO_MUCH:
-            await self.push("552 Error: Too much mail data")
+            await self.push(str(MESSAGE_TOO_BIG))
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
         envelope.content = envelope.original_content = read.content
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()  # type: ignore[no-untyped-call]
-        await self.push("250 OK" if status is MISSING else status)
+        # MISSING: no handler answered (never with ours, whose handle_DATA always answers)
+        await self.push(str(LOCAL_ERROR) if status is MISSING else status)
 
 
 def protocol_factory(settings: ListenerSettings, *, check_sender: CheckSender,
                      route_recipient: RouteRecipient, process: Process,
                      loop: asyncio.AbstractEventLoop) -> Callable[[], SMTP]:
     """The protocol factory for ``loop.create_server`` (one state shared by its sessions)."""
-    state = _ListenerState(settings)
+    state = ListenerState(settings)
     handler = _Handler(settings, state, check_sender, route_recipient, process)
     return lambda: _Session(handler, state, loop)
 

@@ -40,15 +40,20 @@ from dataclasses import dataclass
 import aiosmtplib
 import structlog
 
-from gateway.errors import DOWNSTREAM_DEFERRED, LOCAL_ERROR, OK, Reply
+from gateway.errors import (
+    LOCAL_ERROR,
+    NEXT_HOP_DEFERRED,
+    NEXT_HOP_NO_TLS,
+    NEXT_HOP_TIMEOUT,
+    NEXT_HOP_UNREACHABLE,
+    OK,
+    Reply,
+    next_hop_refused,
+    relayed,
+)
 from gateway.transport.smtp_client import Client
 
 log = structlog.get_logger("gateway.smtp_out")
-
-NEXT_HOP_UNREACHABLE = Reply(451, "4.4.1", "Next hop not reachable, try again later")
-NEXT_HOP_TIMEOUT = Reply(451, "4.4.2", "Next hop timed out or disconnected, try again later")
-NEXT_HOP_NO_TLS = Reply(451, "4.7.5", "Next hop TLS failed or not offered, try again later")
-NEXT_HOP_DEFERRED = DOWNSTREAM_DEFERRED  # the next hop answered 4xx
 
 MAX_MIRRORED_TEXT = 200
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
@@ -87,7 +92,7 @@ def mirror(code: int, message: str) -> Reply:
     """Our reply for a refusal of the next hop: 5xx mirrored, anything else 451."""
     if 500 <= code <= 599:
         status, text = _split_status(code, message)
-        return Reply(code, status or "5.0.0", f"Next hop refused: {_sanitise(text)}".rstrip())
+        return next_hop_refused(code, status, _sanitise(text))
     return NEXT_HOP_DEFERRED
 
 
@@ -95,7 +100,7 @@ def _accepted(message: str) -> Reply:
     """250 with the next hop's own words (its queue id), never content."""
     _, text = _split_status(250, message)
     said = _sanitise(text)[:100]
-    return Reply(OK.code, OK.status, f"{OK.text} ({said})" if said else OK.text)
+    return relayed(said)
 
 
 def _body_options(smtp: aiosmtplib.SMTP, raw: bytes) -> list[str]:

@@ -1,0 +1,94 @@
+"""What a listener is given and what it hands on: its settings, and one received message.
+
+Rule kept here: a listener's bounds default to the gateway's settings, written once in
+``gateway.config.settings`` (never repeated here), and a received message is held by one
+reference only (``InboundMessage.release`` drops it once translated).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.config import GatewaySettings, NetworkConfig, default_of
+
+
+def _G(name: str) -> Any:
+    return default_of(GatewaySettings, name)
+
+
+def _N(name: str) -> Any:
+    return default_of(NetworkConfig, name)
+
+
+def keyed_pseudonym(key: bytes) -> Callable[[str], str]:
+    """A pseudonymiser: keyed BLAKE2b of the lower-cased address, 16 hex characters."""
+
+    def pseudonymise(address: str) -> str:
+        digest = hashlib.blake2b(address.strip().lower().encode("utf-8", "surrogateescape"),
+                                 key=key[:64], digest_size=8)
+        return digest.hexdigest()
+
+    return pseudonymise
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    """One listener: where it listens, who it is, and its bounds."""
+
+    network: str
+    host: str
+    port: int  # 0: any free port (tests)
+    hostname: str  # EHLO / banner name
+    ssl_context: Any  # ssl.SSLContext (server side, see gateway.transport.tls)
+    require_client_cert: bool = False
+    peer_cert_ok: Callable[[bytes], bool] | None = None  # DER of the client certificate
+    # Defaults are GatewaySettings' (written once, in gateway.config.settings).
+    max_message_bytes: int = _G("max_message_bytes")
+    max_recipients: int = _G("max_recipients")
+    command_timeout: float = _G("command_timeout_seconds")
+    data_budget: float = _G("data_timeout_seconds")  # for ``process`` (translate + deliver)
+    data_transfer_timeout: float = 600.0  # seconds for the client to send the content
+    max_sessions: int = _G("max_sessions")
+    max_sessions_per_ip: int = _G("max_sessions_per_ip")
+    rate_limit_per_minute: int = _G("rate_limit_per_minute")  # per sender; 0: no limit
+    pseudonym_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    pseudonymise: Callable[[str], str] | None = None  # default: keyed_pseudonym(pseudonym_key)
+    clock: Callable[[], float] = time.monotonic
+    # PROXY protocol (v1/v2) from a TCP balancer: the real client address comes from its
+    # header, which must arrive within ``proxy_timeout`` seconds or the connection is closed.
+    # Only for listeners that nothing but the balancer can reach.
+    proxy_protocol: bool = False
+    proxy_timeout: float = 5.0
+    # False: MAIL without STARTTLS is accepted, for Postfix's before-queue proxy (plain SMTP
+    # to its filter); config.py allows it on a loopback listen address only.
+    require_starttls: bool = _N("require_starttls")
+
+    def pseudo(self, address: str) -> str:
+        return (self.pseudonymise or keyed_pseudonym(self.pseudonym_key))(address)
+
+
+@dataclass(eq=False)
+class InboundMessage:
+    """One message as received: what ``process`` gets.
+
+    ``content`` is the only reference to the message once ``process`` has it (the session lets
+    go of its copy); ``release`` drops it once translated, so a big message in flight is held
+    once (as received, then as translated), never twice.
+    """
+
+    network: str  # the network it entered from
+    mail_from: str  # as received
+    rcpt_tos: tuple[str, ...]  # as received
+    routed_rcpts: tuple[str, ...]  # destination addresses (route_recipient), no duplicates
+    content: bytes
+    peer: str  # client IP
+    tls_peer_cert: bytes | None  # DER of the client certificate, if any
+    trace_id: str
+
+    def release(self) -> None:
+        self.content = b""

@@ -1,0 +1,66 @@
+"""Bounds shared by the sessions of one listener: concurrent sessions and MAIL per sender.
+
+Rule kept here: every bound holds in bounded memory, whatever clients do: the session counters
+shrink back as sessions close, and the rate limiter forgets the least recent senders first.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.transport.inbound import ListenerSettings
+
+
+class RateLimiter:
+    """At most ``limit`` events per key in any 60 s window; bounded memory."""
+
+    WINDOW = 60.0
+    MAX_KEYS = 10_000
+
+    def __init__(self, limit: int, clock: Callable[[], float]) -> None:
+        self.limit = limit
+        self.clock = clock
+        self.events: collections.OrderedDict[str, collections.deque[float]] = (
+            collections.OrderedDict())
+
+    def allow(self, key: str) -> bool:
+        if self.limit <= 0:
+            return True
+        now = self.clock()
+        events = self.events.pop(key, None) or collections.deque()
+        while events and now - events[0] >= self.WINDOW:
+            events.popleft()
+        allowed = len(events) < self.limit
+        if allowed:
+            events.append(now)
+        self.events[key] = events  # most recent last
+        while len(self.events) > self.MAX_KEYS:
+            self.events.popitem(last=False)
+        return allowed
+
+
+class ListenerState:
+    """Shared by the sessions of one listener: counters and the rate limiter."""
+
+    def __init__(self, settings: ListenerSettings) -> None:
+        self.settings = settings
+        self.sessions = 0
+        self.per_ip: collections.Counter[str] = collections.Counter()
+        self.rate = RateLimiter(settings.rate_limit_per_minute, settings.clock)
+
+    def admit(self, ip: str) -> bool:
+        s = self.settings
+        if self.sessions >= s.max_sessions or self.per_ip[ip] >= s.max_sessions_per_ip:
+            return False
+        self.sessions += 1
+        self.per_ip[ip] += 1
+        return True
+
+    def release(self, ip: str) -> None:
+        self.sessions -= 1
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]

@@ -39,6 +39,7 @@ from gateway.errors import (
     RecipientCertificateError,
     UnsupportedAlgorithm,
 )
+from gateway.memo import Memo
 from gateway.smime import certgen
 from gateway.smime.envelope import decrypt, encrypt
 from gateway.smime.model import Identity
@@ -806,8 +807,7 @@ def test_issuer_encoded_differently_still_matches(pki: Pki) -> None:
 def test_name_key_cache_is_exact_and_bounded(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
     from gateway.smime import envelope
 
-    monkeypatch.setattr(envelope, "_name_keys", {})
-    monkeypatch.setattr(envelope, "_NAME_CACHE_SIZE", 4)
+    monkeypatch.setattr(envelope, "_name_keys", Memo(4))
     names = [asn1_x509.Name.build({"common_name": f"CA {i}", "organization_name": "Org"})
              for i in range(10)]
     for name in names * 2:

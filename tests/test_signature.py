@@ -34,6 +34,7 @@ from gateway.errors import (
     UntrustedSigner,
     WeakAlgorithm,
 )
+from gateway.memo import Memo
 from gateway.smime import certgen
 from gateway.smime.model import Identity
 from gateway.smime.signature import sign, verify
@@ -544,8 +545,7 @@ def test_signer_found_when_the_issuer_is_encoded_differently(pki: Pki) -> None:
 def test_certificate_cache_is_exact_and_bounded(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
     from gateway.smime import signature
 
-    monkeypatch.setattr(signature, "_CERT_CACHE_SIZE", 2)
-    monkeypatch.setattr(signature, "_certificates", {})
+    monkeypatch.setattr(signature, "_certificates", Memo(2))
     signers = [pki.alice, pki.ec, pki.subject_only, pki.no_eku]
     for party in signers * 2:
         der = sign(CONTENT, party.identity, extra_certs=[pki.inter.cert])
@@ -554,8 +554,8 @@ def test_certificate_cache_is_exact_and_bounded(pki: Pki, monkeypatch: pytest.Mo
         assert verified.signer.chain == (party.cert, pki.inter.cert, pki.root.cert)
         assert len(signature._certificates) <= 2
     monkeypatch.setattr(signature, "_CERT_CACHE_MAX_BYTES", 100)
-    monkeypatch.setattr(signature, "_certificates", {})
+    monkeypatch.setattr(signature, "_certificates", Memo(2))
     der = sign(CONTENT, pki.alice.identity, extra_certs=[pki.inter.cert])
     assert verify(der, pki.store, NOW, detached_content=CONTENT).signer.certificate \
         == pki.alice.cert
-    assert signature._certificates == {}  # larger than the bound: not kept
+    assert len(signature._certificates) == 0  # larger than the bound: not kept

@@ -26,6 +26,7 @@ from gateway.errors import (
     UntrustedSigner,
     WeakAlgorithm,
 )
+from gateway.memo import Memo
 from gateway.smime import certgen
 from gateway.smime.trust import TrustStore, email_addresses
 
@@ -465,7 +466,7 @@ def test_cache_is_per_purpose_and_untrusted_set(pki: Pki) -> None:
 def test_cache_is_bounded(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
     from gateway.smime import trust
 
-    monkeypatch.setattr(trust, "_CACHE_SIZE", 3)
+    monkeypatch.setattr(trust, "_CACHE_SIZE", 3)  # read when the store makes its table
     store = store_of(pki)
     for minutes in range(10):
         at = NOW + dt.timedelta(minutes=minutes)
@@ -486,8 +487,7 @@ def test_email_addresses_cache_is_exact_and_bounded(pki: Pki,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from gateway.smime import trust
 
-    monkeypatch.setattr(trust, "_CACHE_SIZE", 2)
-    monkeypatch.setattr(trust, "_addresses", {})
+    monkeypatch.setattr(trust, "_addresses", Memo(2))
     certs = [pki.leaf, pki.subject_only, pki.no_email, pki.any_eku]
     for issued in certs * 2:
         cert = issued.certificate

@@ -28,6 +28,7 @@ from email.message import EmailMessage
 from typing import Any, ClassVar
 
 from gateway.errors import LimitExceeded, MalformedError, MessageTooBig
+from gateway.memo import Memo
 
 __all__ = ["MimeLimits", "MimeStats", "check_limits", "parse_message", "scan_mime"]
 
@@ -39,17 +40,15 @@ class _CachedHeaderPolicy(policy.EmailPolicy):
     header on every access (``get_content_type`` alone parses Content-Type each time), and
     parsed headers are immutable ``str`` objects, so the same (name, value) can share one."""
 
-    _cache: ClassVar[dict[tuple[str, str], Any]] = {}
+    _cache: ClassVar[Memo[tuple[str, str], Any]] = Memo(4096)
 
     def header_fetch_parse(self, name: str, value: str) -> Any:
         key = (name, value)
         found = self._cache.get(key)
         if found is None:
             found = super().header_fetch_parse(name, value)
-            if len(value) <= 1024:  # bounded: short values only, and a cleared table
-                if len(self._cache) >= 4096:
-                    self._cache.clear()
-                self._cache[key] = found
+            if len(value) <= 1024:  # bounded: short values only
+                self._cache.put(key, found)
         return found
 
 
@@ -131,8 +130,7 @@ class _Frame:
 
 # Content-Type fields recur from message to message (the same clients write them): the answer
 # for a short field is remembered, keyed by its exact lines. Bounded in count and key size.
-_CONTENT_INFO_CACHE: dict[tuple[bool, tuple[bytes, ...]], tuple[str, bytes | None]] = {}
-_CONTENT_INFO_CACHE_SIZE = 512
+_CONTENT_INFO_CACHE: Memo[tuple[bool, tuple[bytes, ...]], tuple[str, bytes | None]] = Memo(512)
 _CONTENT_INFO_CACHE_KEY_BYTES = 512
 
 
@@ -148,9 +146,7 @@ def _content_info(ct_lines: list[bytes] | None, digest_parent: bool) -> tuple[st
     found = _CONTENT_INFO_CACHE.get(key)
     if found is None:
         found = _content_info_of(ct_lines, digest_parent)  # raises on a malformed field
-        if len(_CONTENT_INFO_CACHE) >= _CONTENT_INFO_CACHE_SIZE:
-            _CONTENT_INFO_CACHE.clear()
-        _CONTENT_INFO_CACHE[key] = found
+        _CONTENT_INFO_CACHE.put(key, found)
     return found
 
 

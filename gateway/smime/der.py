@@ -9,6 +9,8 @@ never refuses, anything on its own: it only answers faster for the common shape.
 
 from __future__ import annotations
 
+from gateway.memo import Memo
+
 SEQUENCE = 0x30
 SET = 0x31
 INTEGER = 0x02
@@ -20,8 +22,7 @@ CONTEXT_0 = 0xA0  # [0] constructed
 CONTEXT_1 = 0xA1  # [1] constructed
 CONTEXT_0_PRIMITIVE = 0x80  # [0] IMPLICIT on a primitive type
 
-_OID_CACHE: dict[bytes, str] = {}
-_OID_CACHE_SIZE = 512
+_OID_CACHE: Memo[bytes, str] = Memo(512)
 
 
 class Unsupported(Exception):  # a verdict, not an error: "use the general parser"
@@ -110,9 +111,7 @@ def oid(data: bytes, child: Element) -> str:
     first = arcs[0]
     head = [0, first] if first < 40 else [1, first - 40] if first < 80 else [2, first - 80]
     dotted = ".".join(str(arc) for arc in head + arcs[1:])
-    if len(_OID_CACHE) >= _OID_CACHE_SIZE:
-        _OID_CACHE.clear()
-    _OID_CACHE[raw] = dotted
+    _OID_CACHE.put(raw, dotted)
     return dotted
 
 

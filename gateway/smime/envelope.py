@@ -45,6 +45,7 @@ from gateway.errors import (
     RecipientCertificateError,
     UnsupportedAlgorithm,
 )
+from gateway.memo import Memo
 from gateway.smime import der
 from gateway.smime.model import Identity, Layer, LayerKind
 
@@ -93,9 +94,8 @@ _ENCRYPTION_NAMES: dict[str, str] = dict(algos.EncryptionAlgorithmId._map)
 _OPAQUE_FAILURE = "the message key could not be recovered with the gateway's key"
 # Normalised issuer names by their encoding: RFC 4518 string preparation costs ~0.2 ms a name,
 # and every message names the same few issuers. Bounded: cleared when full, long names skipped.
-_NAME_CACHE_SIZE = 1024
 _NAME_CACHE_MAX_BYTES = 2048
-_name_keys: dict[bytes, str] = {}
+_name_keys: Memo[bytes, str] = Memo(1024)
 
 
 class _GcmParameters(core.Sequence):  # type: ignore[misc]
@@ -401,9 +401,7 @@ def _name_key(name: asn1_x509.Name) -> str:
     if key is None:
         key = name.hashable
         if len(encoded) <= _NAME_CACHE_MAX_BYTES:
-            if len(_name_keys) >= _NAME_CACHE_SIZE:
-                _name_keys.clear()
-            _name_keys[encoded] = key
+            _name_keys.put(encoded, key)
     return key
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway.errors import LimitExceeded, MalformedError
+from gateway.memo import Memo
 
 __all__ = [
     "Entity",
@@ -201,8 +202,7 @@ def _parse_fields(block: bytes, max_headers: int) -> tuple[tuple[str, str], ...]
 
 # The same Content-Type values come back message after message (the smime.p7m and signature
 # parts, the text parts): their parse is remembered. Bounded; a caller gets its own dict.
-_PARAMS_CACHE: dict[tuple[str, bool], tuple[str, dict[str, str]]] = {}
-_PARAMS_CACHE_SIZE = 1024
+_PARAMS_CACHE: Memo[tuple[str, bool], tuple[str, dict[str, str]]] = Memo(1024)
 _PARAMS_CACHE_VALUE_CHARS = 200
 
 
@@ -219,9 +219,7 @@ def parse_params(value: str, *, media_type: bool) -> tuple[str, dict[str, str]]:
     found = _PARAMS_CACHE.get(key)
     if found is None:
         found = _parse_params(value, media_type)  # raises on a malformed value: not cached
-        if len(_PARAMS_CACHE) >= _PARAMS_CACHE_SIZE:
-            _PARAMS_CACHE.clear()
-        _PARAMS_CACHE[key] = found
+        _PARAMS_CACHE.put(key, found)
     return found[0], dict(found[1])
 
 

@@ -48,6 +48,7 @@ from gateway.errors import (
     UntrustedSigner,
     WeakAlgorithm,
 )
+from gateway.memo import Memo
 from gateway.smime import der
 from gateway.smime.model import Identity, Signer, Verified
 from gateway.smime.trust import TrustStore, email_addresses
@@ -90,9 +91,8 @@ _HASHED_SIGNATURES = {
     "1.2.840.10045.4.3.4": ("ecdsa", "sha512"),
 }
 # Parsed certificates by their DER (bounded; cleared when full; large ones not kept).
-_CERT_CACHE_SIZE = 1024
 _CERT_CACHE_MAX_BYTES = 16 * 1024
-_certificates: dict[bytes, x509.Certificate] = {}
+_certificates: Memo[bytes, x509.Certificate] = Memo(1024)
 
 _WEAK_SIGNATURES = {
     "1.2.840.113549.1.1.4": "md5WithRSAEncryption",
@@ -360,9 +360,7 @@ def _load_certificate(der: bytes) -> x509.Certificate:
     if cert is None:
         cert = x509.load_der_x509_certificate(der)
         if len(der) <= _CERT_CACHE_MAX_BYTES:
-            if len(_certificates) >= _CERT_CACHE_SIZE:
-                _certificates.clear()
-            _certificates[der] = cert
+            _certificates.put(der, cert)
     return cert
 
 

@@ -56,6 +56,7 @@ from gateway.errors import (
     UntrustedSigner,
     WeakAlgorithm,
 )
+from gateway.memo import Memo
 
 __all__ = ["TrustStore", "describe", "email_addresses"]
 
@@ -86,15 +87,13 @@ def email_addresses(cert: x509.Certificate) -> frozenset[str]:
     known = _addresses.get(cert)
     if known is None:
         known = _email_addresses(cert)
-        if len(_addresses) >= _CACHE_SIZE:
-            _addresses.clear()
-        _addresses[cert] = known
+        _addresses.put(cert, known)
     return known
 
 
 # Certificates (equal DER, equal addresses) -> their addresses: every message asks for the same
 # few (signer, gateway identity). Only successes are kept.
-_addresses: dict[x509.Certificate, frozenset[str]] = {}
+_addresses: Memo[x509.Certificate, frozenset[str]] = Memo(_CACHE_SIZE)
 
 
 def _email_addresses(cert: x509.Certificate) -> frozenset[str]:
@@ -200,8 +199,8 @@ class TrustStore:
         return verification.Store(list(self.anchors))
 
     @cached_property
-    def _validated(self) -> dict[_CacheKey, _Validated]:
-        return {}
+    def _validated(self) -> Memo[_CacheKey, _Validated]:
+        return Memo(_CACHE_SIZE)
 
     def validate(
         self,
@@ -218,14 +217,11 @@ class TrustStore:
             if known is not None and known.not_before <= when <= known.not_after:
                 return known.chain
             chain = self._validate(leaf, untrusted, when, purpose)
-            cache = self._validated
-            if len(cache) >= _CACHE_SIZE:
-                cache.clear()
-            cache[key] = _Validated(
+            self._validated.put(key, _Validated(
                 chain,
                 max(c.not_valid_before_utc for c in chain),
                 min(c.not_valid_after_utc for c in chain),
-            )
+            ))
             return chain
         except GatewayError as error:
             if purpose == "encrypt" and not isinstance(error, RecipientCertificateError):

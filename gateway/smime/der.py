@@ -9,6 +9,8 @@ never refuses, anything on its own: it only answers faster for the common shape.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from gateway.memo import Memo
 
 SEQUENCE = 0x30
@@ -29,7 +31,18 @@ class Unsupported(Exception):  # a verdict, not an error: "use the general parse
     """The input is not the plain DER this reader handles."""
 
 
-Element = tuple[int, int, int, int]  # (tag, start of the element, start of content, end)
+class Element(NamedTuple):
+    """One DER element of ``data``: its tag and where it, its content and it end."""
+
+    tag: int
+    start: int  # of the element (its tag byte)
+    body: int  # start of its content
+    end: int  # one past its last byte
+
+
+# A NamedTuple's own constructor checks its arguments; elements are made on every message's hot
+# path from four ints known good, so they are built as the tuple they are.
+_element = tuple.__new__
 
 
 def element(data: bytes, pos: int, end: int) -> Element:
@@ -52,7 +65,7 @@ def element(data: bytes, pos: int, end: int) -> Element:
         start = pos + 2 + count
     if start + length > end:
         raise Unsupported
-    return tag, pos, start, start + length
+    return _element(Element, (tag, pos, start, start + length))
 
 
 def children(data: bytes, start: int, end: int) -> list[Element]:
@@ -62,31 +75,31 @@ def children(data: bytes, start: int, end: int) -> list[Element]:
     while pos < end:
         child = element(data, pos, end)
         out.append(child)
-        pos = child[3]
+        pos = child.end
     return out
 
 
 def only(data: bytes, start: int, end: int, tag: int) -> Element:
     """The single element of tag ``tag`` that fills ``data[start:end]``."""
     inner = element(data, start, end)
-    if inner[0] != tag or inner[3] != end:
+    if inner.tag != tag or inner.end != end:
         raise Unsupported
     return inner
 
 
 def expect(child: Element, tag: int) -> Element:
-    if child[0] != tag:
+    if child.tag != tag:
         raise Unsupported
     return child
 
 
 def content(data: bytes, child: Element) -> bytes:
-    return data[child[2] : child[3]]
+    return data[child.body : child.end]
 
 
 def whole(data: bytes, child: Element) -> bytes:
     """The element's own encoding, tag and length included."""
-    return data[child[1] : child[3]]
+    return data[child.start : child.end]
 
 
 def oid(data: bytes, child: Element) -> str:

@@ -226,21 +226,22 @@ def _parse_der(data: bytes) -> _Envelope:
     recipients only, AES-CBC content encrypted in one piece."""
     try:
         top = der.only(data, 0, len(data), der.SEQUENCE)
-        info = der.children(data, top[2], top[3])
+        info = der.children(data, top.body, top.end)
         if len(info) != 2 or der.oid(data, info[0]) != _OID_ENVELOPED_DATA:
             raise der.Unsupported
         wrapper = der.expect(info[1], der.CONTEXT_0)
-        body = der.only(data, wrapper[2], wrapper[3], der.SEQUENCE)
-        fields = der.children(data, body[2], body[3])
-        if [f[0] for f in fields] != [der.INTEGER, der.SET, der.SEQUENCE]:
+        body = der.only(data, wrapper.body, wrapper.end, der.SEQUENCE)
+        fields = der.children(data, body.body, body.end)
+        if [f.tag for f in fields] != [der.INTEGER, der.SET, der.SEQUENCE]:
             raise der.Unsupported
         der.integer(data, fields[0])
-        recipients = tuple(_ktri_der(data, r) for r in der.children(data, *fields[1][2:]))
-        eci = der.children(data, fields[2][2], fields[2][3])
-        if len(eci) != 3 or eci[2][0] != der.CONTEXT_0_PRIMITIVE:
+        recipients = tuple(_ktri_der(data, r)
+                           for r in der.children(data, fields[1].body, fields[1].end))
+        eci = der.children(data, fields[2].body, fields[2].end)
+        if len(eci) != 3 or eci[2].tag != der.CONTEXT_0_PRIMITIVE:
             raise der.Unsupported  # detached, or BER chunks (openssl -stream)
         der.oid(data, eci[0])
-        algorithm = der.children(data, der.expect(eci[1], der.SEQUENCE)[2], eci[1][3])
+        algorithm = der.children(data, der.expect(eci[1], der.SEQUENCE).body, eci[1].end)
         name = _ENCRYPTION_NAMES.get(der.oid(data, algorithm[0]), "")
         if name not in _CBC_KEY_LENGTHS or len(algorithm) != 2:
             raise der.Unsupported
@@ -257,25 +258,25 @@ def _parse_der(data: bytes) -> _Envelope:
 
 
 def _ktri_der(data: bytes, element: der.Element) -> _Recipient:
-    fields = der.children(data, der.expect(element, der.SEQUENCE)[2], element[3])
-    if [f[0] for f in fields][:1] != [der.INTEGER] or len(fields) != 4:
+    fields = der.children(data, der.expect(element, der.SEQUENCE).body, element.end)
+    if [f.tag for f in fields][:1] != [der.INTEGER] or len(fields) != 4:
         raise der.Unsupported
     der.integer(data, fields[0])
     rid = fields[1]
     algorithm = der.expect(fields[2], der.SEQUENCE)
-    if len(der.children(data, algorithm[2], algorithm[3])) not in (1, 2):
+    if len(der.children(data, algorithm.body, algorithm.end)) not in (1, 2):
         raise der.Unsupported
     encrypted_key = der.content(data, der.expect(fields[3], der.OCTET_STRING))
     key_algorithm = asn1_cms.KeyEncryptionAlgorithm.load(der.whole(data, algorithm))
-    if rid[0] == der.SEQUENCE:
-        parts = der.children(data, rid[2], rid[3])
-        if len(parts) != 2 or parts[0][0] != der.SEQUENCE:
+    if rid.tag == der.SEQUENCE:
+        parts = der.children(data, rid.body, rid.end)
+        if len(parts) != 2 or parts[0].tag != der.SEQUENCE:
             raise der.Unsupported
         return _Recipient(method="ktri", rid_kind="issuer-serial",
                           issuer=_name_key(asn1_x509.Name.load(der.whole(data, parts[0]))),
                           serial=der.integer(data, parts[1]), ski=None,
                           algorithm=key_algorithm, encrypted_key=encrypted_key)
-    if rid[0] == der.CONTEXT_0_PRIMITIVE:
+    if rid.tag == der.CONTEXT_0_PRIMITIVE:
         return _Recipient(method="ktri", rid_kind="ski", issuer=None, serial=None,
                           ski=der.content(data, rid), algorithm=key_algorithm,
                           encrypted_key=encrypted_key)

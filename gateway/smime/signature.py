@@ -199,19 +199,19 @@ def _parse_der(data: bytes) -> _Signed:
     PKCS#1 v1.5 or ECDSA, UTCTime/GeneralizedTime signing time in their plain forms."""
     try:
         top = der.only(data, 0, len(data), der.SEQUENCE)
-        info = der.children(data, top[2], top[3])
+        info = der.children(data, top.body, top.end)
         if len(info) != 2 or der.oid(data, info[0]) != _OID_SIGNED_DATA:
             raise der.Unsupported
         wrapper = der.expect(info[1], der.CONTEXT_0)
-        body = der.only(data, wrapper[2], wrapper[3], der.SEQUENCE)
-        fields = der.children(data, body[2], body[3])
-        tags = [f[0] for f in fields]
+        body = der.only(data, wrapper.body, wrapper.end, der.SEQUENCE)
+        fields = der.children(data, body.body, body.end)
+        tags = [f.tag for f in fields]
         if tags[:3] != [der.INTEGER, der.SET, der.SEQUENCE] or tags[-1] != der.SET:
             raise der.Unsupported
         middle = tags[3:-1]
         if middle not in ([], [der.CONTEXT_0], [der.CONTEXT_1], [der.CONTEXT_0, der.CONTEXT_1]):
             raise der.Unsupported
-        encap = der.children(data, fields[2][2], fields[2][3])
+        encap = der.children(data, fields[2].body, fields[2].end)
         if not 1 <= len(encap) <= 2:
             raise der.Unsupported
         content_type = der.oid(data, encap[0])
@@ -220,15 +220,15 @@ def _parse_der(data: bytes) -> _Signed:
         econtent: bytes | None = None
         if len(encap) == 2:
             explicit = der.expect(encap[1], der.CONTEXT_0)
-            octets = der.only(data, explicit[2], explicit[3], der.OCTET_STRING)
+            octets = der.only(data, explicit.body, explicit.end, der.OCTET_STRING)
             econtent = der.content(data, octets)
         certificates: list[tuple[asn1_cms.Certificate, x509.Certificate]] = []
         if middle and middle[0] == der.CONTEXT_0:
-            for choice in der.children(data, fields[3][2], fields[3][3]):
+            for choice in der.children(data, fields[3].body, fields[3].end):
                 cert_der = der.whole(data, der.expect(choice, der.SEQUENCE))
                 certificates.append((asn1_cms.Certificate.load(cert_der),
                                      _load_certificate(cert_der)))
-        signer_infos = der.children(data, fields[-1][2], fields[-1][3])
+        signer_infos = der.children(data, fields[-1].body, fields[-1].end)
         if len(signer_infos) != 1:
             raise der.Unsupported  # the general parser says how many, with its error
         signer = _signer_info_der(data, der.expect(signer_infos[0], der.SEQUENCE))
@@ -240,20 +240,20 @@ def _parse_der(data: bytes) -> _Signed:
 
 
 def _signer_info_der(data: bytes, element: der.Element) -> _SignerInfo:
-    fields = der.children(data, element[2], element[3])
+    fields = der.children(data, element.body, element.end)
     if len(fields) < 5:
         raise der.Unsupported
     der.integer(data, fields[0])  # version: read, not judged (as asn1crypto)
     sid = fields[1]
     issuer_serial: tuple[asn1_cms.Name, int] | None = None
     key_identifier: bytes | None = None
-    if sid[0] == der.SEQUENCE:
-        parts = der.children(data, sid[2], sid[3])
-        if len(parts) != 2 or parts[0][0] != der.SEQUENCE:
+    if sid.tag == der.SEQUENCE:
+        parts = der.children(data, sid.body, sid.end)
+        if len(parts) != 2 or parts[0].tag != der.SEQUENCE:
             raise der.Unsupported
         issuer_serial = (asn1_cms.Name.load(der.whole(data, parts[0])),
                          der.integer(data, parts[1]))
-    elif sid[0] == der.CONTEXT_0_PRIMITIVE:
+    elif sid.tag == der.CONTEXT_0_PRIMITIVE:
         key_identifier = der.content(data, sid)
     else:
         raise der.Unsupported
@@ -261,12 +261,12 @@ def _signer_info_der(data: bytes, element: der.Element) -> _SignerInfo:
     rest = fields[3:]
     signed_attrs: list[tuple[str, list[object]]] | None = None
     signed_attrs_der: bytes | None = None
-    if rest[0][0] == der.CONTEXT_0:
+    if rest[0].tag == der.CONTEXT_0:
         attrs = rest[0]
-        signed_attrs = [_attribute_der(data, a) for a in der.children(data, attrs[2], attrs[3])]
-        signed_attrs_der = b"\x31" + data[attrs[1] + 1 : attrs[3]]
+        signed_attrs = [_attribute_der(data, a) for a in der.children(data, attrs.body, attrs.end)]
+        signed_attrs_der = b"\x31" + data[attrs.start + 1 : attrs.end]
         rest = rest[1:]
-    if len(rest) not in (2, 3) or (len(rest) == 3 and rest[2][0] != der.CONTEXT_1):
+    if len(rest) not in (2, 3) or (len(rest) == 3 and rest[2].tag != der.CONTEXT_1):
         raise der.Unsupported
     signature_oid = _algorithm_der(data, rest[0])
     if signature_oid == _PSS:
@@ -285,14 +285,14 @@ def _signer_info_der(data: bytes, element: der.Element) -> _SignerInfo:
 
 def _algorithm_der(data: bytes, element: der.Element) -> str:
     """The OID of an AlgorithmIdentifier whose parameters are absent or NULL."""
-    parts = der.children(data, der.expect(element, der.SEQUENCE)[2], element[3])
+    parts = der.children(data, der.expect(element, der.SEQUENCE).body, element.end)
     if not 1 <= len(parts) <= 2 or (len(parts) == 2 and der.whole(data, parts[1]) != b"\x05\x00"):
         raise der.Unsupported
     return der.oid(data, parts[0])
 
 
 def _attribute_der(data: bytes, element: der.Element) -> tuple[str, list[object]]:
-    parts = der.children(data, der.expect(element, der.SEQUENCE)[2], element[3])
+    parts = der.children(data, der.expect(element, der.SEQUENCE).body, element.end)
     if len(parts) != 2:
         raise der.Unsupported
     oid = der.oid(data, parts[0])
@@ -309,11 +309,11 @@ def _attribute_der(data: bytes, element: der.Element) -> tuple[str, list[object]
 
 def _time_der(data: bytes, value: der.Element) -> dt.datetime:
     text = der.content(data, value).decode("ascii")
-    if value[0] == der.UTC_TIME and len(text) == 13 and text[12] == "Z" and text[:12].isdigit():
+    if value.tag == der.UTC_TIME and len(text) == 13 and text[12] == "Z" and text[:12].isdigit():
         year = int(text[:2])
         year += 2000 if year < 50 else 1900  # RFC 5280: UTCTime is 1950..2049
         rest = text[2:12]
-    elif (value[0] == der.GENERALIZED_TIME and len(text) == 15 and text[14] == "Z"
+    elif (value.tag == der.GENERALIZED_TIME and len(text) == 15 and text[14] == "Z"
           and text[:14].isdigit() and text[:4] != "0000"):
         year = int(text[:4])
         rest = text[4:14]

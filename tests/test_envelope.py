@@ -805,15 +805,15 @@ def test_issuer_encoded_differently_still_matches(pki: Pki) -> None:
 
 
 def test_name_key_cache_is_exact_and_bounded(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.smime import envelope
+    from gateway.smime import enveloped_data as envelope
 
     monkeypatch.setattr(envelope, "_name_keys", Memo(4))
     names = [asn1_x509.Name.build({"common_name": f"CA {i}", "organization_name": "Org"})
              for i in range(10)]
     for name in names * 2:
         reloaded = asn1_x509.Name.load(name.dump())
-        assert envelope._name_key(reloaded) == name.hashable
+        assert envelope.name_key(reloaded) == name.hashable
         assert len(envelope._name_keys) <= 4
     huge = asn1_x509.Name.build({"common_name": "x" * 60, "organization_name": "y" * 3000})
-    assert envelope._name_key(huge) == huge.hashable
+    assert envelope.name_key(huge) == huge.hashable
     assert huge.dump() not in envelope._name_keys  # oversized names are not kept

@@ -1,7 +1,7 @@
 """The direct DER reading of EnvelopedData gives what asn1crypto gives, or steps aside.
 
-Same contract as tests/test_signature_der.py, for ``envelope._parse_der``: on envelopes written
-by the gateway and by OpenSSL, every single-bit flip of one, and random mutations, the direct
+Same contract as tests/test_signature_der.py, for ``enveloped_data._parse_der``: on envelopes
+written by the gateway and by OpenSSL, every single-bit flip of one, and random mutations, the direct
 reading either equals ``_parse_general`` (asn1crypto) or raises ``der.Unsupported``.
 """
 
@@ -17,13 +17,14 @@ from hypothesis import strategies as st
 
 from gateway.errors import GatewayError
 from gateway.smime import certgen, der
-from gateway.smime.envelope import _Envelope, _parse_der, _parse_general, encrypt
+from gateway.smime.envelope import encrypt
+from gateway.smime.enveloped_data import Envelope, _parse_der, _parse_general
 
 OPENSSL = shutil.which("openssl")
 CONTENT = b"Content-Type: text/plain\r\n\r\nINR 3,2\r\n" * 4
 
 
-def _key(envelope: _Envelope) -> tuple[object, ...]:
+def _key(envelope: Envelope) -> tuple[object, ...]:
     return (
         envelope.kind, envelope.recipient_count, envelope.content_algorithm, envelope.iv,
         envelope.ciphertext, envelope.mac, envelope.aad,

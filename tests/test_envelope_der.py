@@ -1,8 +1,8 @@
 """The direct DER reading of EnvelopedData gives what asn1crypto gives, or steps aside.
 
 Same contract as tests/test_signature_der.py, for ``enveloped_data._parse_der``: on envelopes
-written by the gateway and by OpenSSL, every single-bit flip of one, and random mutations, the direct
-reading either equals ``_parse_general`` (asn1crypto) or raises ``der.Unsupported``.
+written by the gateway and by OpenSSL, every single-bit flip of one, and random mutations, the
+direct reading either equals ``_parse_general`` (asn1crypto) or raises ``der.Unsupported``.
 """
 
 from __future__ import annotations

@@ -42,7 +42,8 @@ from gateway.translate.context import NETWORKS, Runtime, build_runtime
 from gateway.translate.normalise import normalise
 from gateway.translate.pipeline import NetworkRuntime, Translation, translate
 from gateway.transport import tls
-from gateway.transport.imap_in import Bouncer, ImapPoller, ImapSettings
+from gateway.transport.imap_in import Bouncer, ImapPoller
+from gateway.transport.imap_session import ImapSettings
 from gateway.transport.inbound import InboundMessage, ListenerSettings
 from gateway.transport.smtp_in import start_listener
 from gateway.transport.smtp_out import DeliveryPool, NextHop

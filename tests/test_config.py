@@ -582,7 +582,7 @@ def test_split_host_port() -> None:
 def test_transport_settings_take_their_defaults_from_the_config_dataclasses() -> None:
     from gateway.config import GatewaySettings, ImapConfig, NetworkConfig, default_of
     from gateway.smime.unwrap import DEFAULT_MAX_DEPTH
-    from gateway.transport.imap_in import ImapSettings
+    from gateway.transport.imap_session import ImapSettings
     from gateway.transport.smtp_in import ListenerSettings
 
     g = GatewaySettings(hostname="gw.example.org")

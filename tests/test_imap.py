@@ -32,7 +32,8 @@ from gateway.smime.certgen import make_ca, make_leaf
 from gateway.translate.context import build_runtime
 from gateway.transport import tls
 from gateway.transport.dsn import build_dsn
-from gateway.transport.imap_in import Bouncer, ImapPoller, ImapSettings
+from gateway.transport.imap_in import Bouncer, ImapPoller
+from gateway.transport.imap_session import ImapSettings
 from gateway.transport.smtp_in import InboundMessage
 from tests.dovecot import Dovecot, running_dovecot
 from tests.messages import Pki, open_as_recipient, text_entity, user_message

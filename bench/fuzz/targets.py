@@ -42,7 +42,7 @@ from gateway.smime import certgen, directory, envelope, mime, signature, unwrap
 from gateway.smime.model import Identity
 from gateway.smime.trust import TrustStore
 from gateway.translate import routing
-from gateway.transport import imap_in, smtp_in
+from gateway.transport import imap_in, imap_responses, smtp_in
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
@@ -672,14 +672,14 @@ def check_imap(lines: Sequence[bytes]) -> None:
     """The poller's readers of server responses, on one response's lines."""
     objects: list[object] = list(lines)
     for uid in (42, 7, 0):
-        handled(imap_in.copyuid, objects, uid, allowed=(imap_in.ImapError,))
-        handled(imap_in.fetched_size, objects, uid, allowed=(imap_in.ImapError,))
-        handled(imap_in.fetched_literal, objects, uid, allowed=(imap_in.ImapError,))
-    handled(imap_in.search_uids, objects, allowed=(imap_in.ImapError,))
-    handled(imap_in._validity, objects, allowed=(imap_in.ImapError,))
+        handled(imap_responses.copyuid, objects, uid, allowed=(imap_responses.ImapError,))
+        handled(imap_responses.fetched_size, objects, uid, allowed=(imap_responses.ImapError,))
+        handled(imap_responses.fetched_literal, objects, uid, allowed=(imap_responses.ImapError,))
+    handled(imap_responses.search_uids, objects, allowed=(imap_responses.ImapError,))
+    handled(imap_responses.validity, objects, allowed=(imap_responses.ImapError,))
     for line in lines:
-        handled(imap_in._listed_name, line, allowed=(imap_in.ImapError,))
-        handled(imap_in._fetch_of, line, allowed=(imap_in.ImapError,))
+        handled(imap_responses.listed_name, line, allowed=(imap_responses.ImapError,))
+        handled(imap_responses.fetch_of, line, allowed=(imap_responses.ImapError,))
 
 
 def check_imap_message(raw: bytes) -> None:

@@ -64,18 +64,14 @@ import datetime as dt
 import functools
 import logging
 import random
-import re
 import secrets
-import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import aioimaplib
 import structlog
 
-from gateway.config import GatewaySettings, ImapConfig, default_of
 from gateway.errors import (
     DOWNSTREAM_DEFERRED,
     LOCAL_ERROR,
@@ -90,8 +86,19 @@ from gateway.smime.mime import parse_entity
 from gateway.smime.trust import email_addresses
 from gateway.smime.unwrap import mailboxes, seal
 from gateway.translate.pipeline import NetworkRuntime, recipient_certificate
-from gateway.transport import tls
 from gateway.transport.dsn import build_dsn
+from gateway.transport.imap_responses import (
+    ImapError,
+    fetch_of,
+    fetched_literal,
+    fetched_size,
+    listed_name,
+    search_uids,
+)
+from gateway.transport.imap_responses import (
+    validity as validity_of,
+)
+from gateway.transport.imap_session import Connection, ImapSettings, quote
 from gateway.transport.inbound import InboundMessage
 from gateway.transport.smtp_out import NextHop, deliver
 
@@ -105,262 +112,8 @@ CheckSender = Callable[[str], object]  # raises GatewayError
 RouteRecipient = Callable[[str], str]  # raises GatewayError
 
 MAX_ADDRESS_HEADER = 16 * 1024
-_COPYUID = re.compile(rb"COPYUID (\d+) ([\d:,]+) ([\d:,]+)")
-_UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)")
-_FETCH_UID = re.compile(rb"\bUID (\d+)")
-_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
 _RNG = random.SystemRandom()  # jitter and shuffling only
-_LITERAL = re.compile(rb"BODY\[(?:HEADER)?\] \{(\d+)\}$")
 
-
-def _G(name: str) -> Any:
-    return default_of(GatewaySettings, name)
-
-
-def _I(name: str) -> Any:
-    return default_of(ImapConfig, name)
-
-
-class ImapError(Exception):
-    """The session cannot go on (connection lost, timeout, refusal): reconnect."""
-
-
-@dataclass(frozen=True)
-class ImapSettings:
-    """One polled mailbox: where, who, which folders, and the time bounds."""
-
-    network: str  # the network the mailbox belongs to (the source of its messages)
-    host: str
-    port: int
-    user: str
-    password: str = field(repr=False)
-    ssl_context: ssl.SSLContext = field(repr=False, default_factory=ssl.create_default_context)
-    # Defaults are ImapConfig's and GatewaySettings' (written once, in gateway.config.settings).
-    mailbox: str = _I("mailbox")
-    processing_folder: str = _I("processing_folder")
-    rejected_folder: str = _I("rejected_folder")
-    lock_folder: str = "Passerelle/Locks"  # short-lived lock folders (claims, returns)
-    lease_seconds: float = _I("lease_seconds")
-    poll_seconds: float = _I("poll_seconds")  # IDLE refreshed (or mailbox polled) this often
-    use_idle: bool = True
-    command_timeout: float = 30.0
-    fetch_timeout: float = 120.0
-    process_budget: float = _G("data_timeout_seconds")  # translate + deliver; capped at lease/2
-    max_message_bytes: int = _G("max_message_bytes")
-    backoff_initial: float = 1.0  # reconnection, and claiming again after a 4xx
-    backoff_max: float = 300.0
-    window: int = 16  # candidates shuffled together (oldest first): fewer races
-
-    @property
-    def budget(self) -> float:
-        return max(0.1, min(self.process_budget, self.lease_seconds / 2))
-
-    @property
-    def sweep_seconds(self) -> float:
-        return max(0.05, min(self.poll_seconds, self.lease_seconds / 4))
-
-    @classmethod
-    def from_config(cls, network: str, imap: ImapConfig, *, max_message_bytes: int,
-                    process_budget: float) -> ImapSettings:
-        """From ``[networks.<name>.imap]``; reads the password file (first line)."""
-        password = imap.password_file.read_text(encoding="utf-8").splitlines()[0].strip()
-        return cls(network=network, host=imap.host, port=imap.port, user=imap.user,
-                   password=password, ssl_context=client_context(imap),
-                   mailbox=imap.mailbox, processing_folder=imap.processing_folder,
-                   rejected_folder=imap.rejected_folder, lease_seconds=imap.lease_seconds,
-                   poll_seconds=imap.poll_seconds, max_message_bytes=max_message_bytes,
-                   process_budget=process_budget)
-
-
-def client_context(imap: ImapConfig) -> ssl.SSLContext:
-    """IMAPS: verified against ``tls_ca`` if given (else the system CAs); optional client cert."""
-    if imap.tls_ca is not None:
-        return tls.client_context(ca_files=[imap.tls_ca], client_cert=imap.client_cert,
-                                  client_key=imap.client_key)
-    context = ssl.create_default_context()
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if imap.client_cert is not None and imap.client_key is not None:
-        context.load_cert_chain(str(imap.client_cert), str(imap.client_key))
-    return context
-
-
-# --- parsing of responses -------------------------------------------------------------------
-
-
-# A UID or size is a 32-bit number (RFC 3501); a set in a response code is the UIDs of one MOVE.
-_MAX_DIGITS = 20
-_MAX_UID_SET = 10_000
-
-
-def _number(digits: bytes) -> int:
-    """A number of server data; ImapError if it is none (or absurdly long: ``int`` refuses
-    over 4300 digits with a ValueError)."""
-    if not digits.isdigit() or len(digits) > _MAX_DIGITS:
-        raise ImapError("malformed number in a server response")
-    return int(digits)
-
-
-def _uid_set(text: bytes) -> list[int]:
-    out: list[int] = []
-    for part in text.split(b","):
-        low, _, high = part.partition(b":")
-        first, last = _number(low), _number(high or low)
-        first, last = min(first, last), max(first, last)  # "4:2" is "2:4" (RFC 3501 seq-range)
-        if len(out) + last - first >= _MAX_UID_SET:
-            raise ImapError("UID set too large in a server response")
-        out.extend(range(first, last + 1))
-    return out
-
-
-def copyuid(lines: Iterable[object], source_uid: int) -> int | None:
-    """The UID that ``source_uid`` got in the destination, from a ``COPYUID`` response code."""
-    for line in lines:
-        if not isinstance(line, bytes | bytearray):
-            continue
-        match = _COPYUID.search(bytes(line))
-        if match:
-            mapping = dict(zip(_uid_set(match.group(2)), _uid_set(match.group(3)), strict=False))
-            if source_uid in mapping:
-                return mapping[source_uid]
-    return None
-
-
-def search_uids(lines: Sequence[object]) -> list[int]:
-    """UIDs of a ``SEARCH`` response (aioimaplib strips the ``SEARCH`` keyword, or not)."""
-    out: list[int] = []
-    for line in lines[:-1]:  # the last line is the tagged completion text
-        if not isinstance(line, bytes | bytearray):
-            continue
-        text = bytes(line).strip()
-        if text.upper().startswith(b"SEARCH"):
-            text = text[6:]
-        parts = text.split()
-        if parts and all(p.isdigit() for p in parts):
-            out.extend(_number(p) for p in parts)
-    return out
-
-
-def _fetch_of(line: object) -> int | None:
-    """The UID a ``FETCH`` response line is about, if it is one."""
-    if not isinstance(line, bytes) or b"FETCH" not in line:
-        return None
-    match = _FETCH_UID.search(line)
-    return _number(match.group(1)) if match else None
-
-
-def fetched_size(lines: Sequence[object], uid: int) -> int | None:
-    for line in lines:
-        if isinstance(line, bytes | bytearray):
-            m_uid, m_size = _FETCH_UID.search(bytes(line)), _SIZE.search(bytes(line))
-            if m_uid and m_size and _number(m_uid.group(1)) == uid:
-                return _number(m_size.group(1))
-    return None
-
-
-def fetched_literal(lines: Sequence[object], uid: int) -> bytes | None:
-    """The literal of ``BODY[]`` (or ``BODY[HEADER]``) of ``uid``; unsolicited FETCH lines of
-    other messages (flag changes made by other sessions) may be mixed in and are skipped."""
-    for i, line in enumerate(lines[:-1]):
-        if not isinstance(line, bytes) or b"FETCH" not in line:
-            continue
-        m_uid, m_lit = _FETCH_UID.search(line), _LITERAL.search(line)
-        if m_uid and m_lit and _number(m_uid.group(1)) == uid:
-            literal = lines[i + 1]
-            if isinstance(literal, bytes | bytearray) and len(literal) == _number(m_lit.group(1)):
-                return bytes(literal)
-    return None
-
-
-# --- one connection -------------------------------------------------------------------------
-
-
-class _Connection:
-    """An aioimaplib client whose every command is bounded and aborted by a lost connection."""
-
-    def __init__(self, settings: ImapSettings) -> None:
-        self.s = settings
-        self.client: aioimaplib.IMAP4_SSL | None = None
-        self.lost: asyncio.Future[None] | None = None
-
-    def _on_lost(self, _exc: Exception | None) -> None:
-        if self.lost is not None and not self.lost.done():
-            self.lost.set_result(None)
-
-    @property
-    def imap(self) -> aioimaplib.IMAP4_SSL:
-        if self.client is None:
-            raise ImapError("not connected")
-        return self.client
-
-    async def open(self) -> None:
-        self.lost = asyncio.get_running_loop().create_future()
-        self.client = aioimaplib.IMAP4_SSL(self.s.host, self.s.port,
-                                           ssl_context=self.s.ssl_context,
-                                           timeout=self.s.command_timeout)
-        self.client.protocol.conn_lost_cb = self._on_lost
-        await self.call(self.imap.wait_hello_from_server())
-        response = await self.call(self.imap.login(self.s.user, self.s.password))
-        if response.result != "OK":
-            raise ImapError("login refused")
-        needed = {"MOVE", "UIDPLUS"}
-        if not needed <= self.imap.protocol.capabilities:
-            await self.call(self.imap.protocol.capability())
-        missing = needed - self.imap.protocol.capabilities
-        if missing:
-            raise ImapError(f"server lacks {', '.join(sorted(missing))}")
-
-    async def call(self, awaitable: Awaitable[Any], timeout: float | None = None) -> Any:
-        """Run one command: its result, or ImapError on timeout or connection loss."""
-        if self.lost is None:
-            raise ImapError("not connected")
-        task = asyncio.ensure_future(awaitable)
-        try:
-            done, _ = await asyncio.wait({task, self.lost}, return_when=asyncio.FIRST_COMPLETED,
-                                         timeout=timeout or self.s.command_timeout)
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
-        if task in done:
-            try:
-                return task.result()
-            except (aioimaplib.AioImapException, OSError, TimeoutError) as exc:
-                raise ImapError(type(exc).__name__) from None
-        task.cancel()
-        raise ImapError("connection lost" if self.lost.done() else "command timed out")
-
-    async def ok(self, awaitable: Awaitable[Any], what: str,
-                 timeout: float | None = None) -> Any:
-        response = await self.call(awaitable, timeout)
-        if response.result != "OK":
-            raise ImapError(f"{what} refused")
-        return response
-
-    async def move(self, uid: int, folder: str) -> int | None:
-        """``UID MOVE``: the new UID, or None if the message is not there any more."""
-        response = await self.call(self.imap.uid("move", str(uid), _quote(folder)))
-        if response.result != "OK":
-            return None  # e.g. NO [EXPUNGEISSUED]: someone else moved it
-        return copyuid(response.lines, uid)
-
-    async def lock(self, name: str) -> bool:
-        """``CREATE`` a lock folder: True for the one session that created it (the server
-        makes a folder once: mkdir is atomic), False if it exists already."""
-        response = await self.call(self.imap.create(_quote(name)))
-        return bool(response.result == "OK")
-
-    async def unlock(self, name: str) -> None:
-        await self.call(self.imap.delete(_quote(name)))  # gone already: fine
-
-    def close(self) -> None:
-        client, self.client = self.client, None
-        if client is not None and client.protocol.transport is not None:
-            client.protocol.transport.abort()
-
-
-def _quote(folder: str) -> str:
-    if re.fullmatch(r"[A-Za-z0-9_./-]+", folder):
-        return folder
-    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 # --- the DSN sender ---------------------------------------------------------------------------
@@ -488,7 +241,7 @@ class ImapPoller:
     async def run(self) -> None:
         delay = self.s.backoff_initial
         while not self._stopping.is_set():
-            inbox, work = _Connection(self.s), _Connection(self.s)
+            inbox, work = Connection(self.s), Connection(self.s)
             connected = False
             try:
                 await inbox.open()
@@ -513,14 +266,14 @@ class ImapPoller:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=max(0.0, seconds))
 
-    async def _session(self, inbox: _Connection, work: _Connection) -> None:
+    async def _session(self, inbox: Connection, work: Connection) -> None:
         for folder in (self.s.processing_folder, self.s.rejected_folder):
-            await inbox.call(inbox.imap.create(_quote(folder)))  # NO if it exists: fine
-        selected = await inbox.ok(inbox.imap.select(_quote(self.s.mailbox)), "SELECT inbox")
-        self._inbox_validity = _validity(selected.lines)
-        selected = await work.ok(work.imap.select(_quote(self.s.processing_folder)),
+            await inbox.call(inbox.imap.create(quote(folder)))  # NO if it exists: fine
+        selected = await inbox.ok(inbox.imap.select(quote(self.s.mailbox)), "SELECT inbox")
+        self._inbox_validity = validity_of(selected.lines)
+        selected = await work.ok(work.imap.select(quote(self.s.processing_folder)),
                                  "SELECT processing")
-        validity = _validity(selected.lines)
+        validity = validity_of(selected.lines)
         if validity != self._validity:  # a recreated folder: remembered UIDs mean nothing
             self._held.clear()
             self._seen.clear()
@@ -545,10 +298,10 @@ class ImapPoller:
             wake = next_sweep if now >= self._retry_at else min(next_sweep, self._retry_at)
             await self._wait(inbox, max(0.01, min(self.s.poll_seconds, wake - self.clock())))
 
-    def _idle_ok(self, connection: _Connection) -> bool:
+    def _idle_ok(self, connection: Connection) -> bool:
         return self.s.use_idle and connection.imap.has_capability("IDLE")
 
-    async def _wait(self, inbox: _Connection, seconds: float) -> None:
+    async def _wait(self, inbox: Connection, seconds: float) -> None:
         """IDLE on the inbox (or sleep then NOOP) for at most ``seconds``, or until stopped."""
         if not self._idle_ok(inbox):
             await self._sleep(seconds)
@@ -575,7 +328,7 @@ class ImapPoller:
 
     # --- claim, deliver, remove ---
 
-    async def _claim_some(self, inbox: _Connection, work: _Connection,
+    async def _claim_some(self, inbox: Connection, work: Connection,
                           candidates: list[int]) -> None:
         pool = candidates[:self.s.window * 4]  # oldest first, but not all in the same order
         window = _RNG.sample(pool, min(len(pool), self.s.window))
@@ -606,19 +359,19 @@ class ImapPoller:
         if not claimed:  # every candidate was another instance's: let it move on first
             await self._sleep(_RNG.uniform(0.01, 0.1))
 
-    async def _fetch(self, work: _Connection, uid: int, item: str) -> list[object] | None:
+    async def _fetch(self, work: Connection, uid: int, item: str) -> list[object] | None:
         """One FETCH of ``uid``; a NOOP and a second try if the session had not seen it yet."""
         for attempt in range(2):
             response = await work.ok(work.imap.uid("fetch", str(uid), f"(UID {item})"),
                                      "FETCH", timeout=self.s.fetch_timeout)
             lines: list[object] = list(response.lines)
-            if any(_fetch_of(line) == uid for line in lines):
+            if any(fetch_of(line) == uid for line in lines):
                 return lines
             if attempt == 0:
                 await work.ok(work.imap.noop(), "NOOP")
         return None
 
-    async def _handle(self, work: _Connection, uid: int) -> None:
+    async def _handle(self, work: Connection, uid: int) -> None:
         claim = self._held[uid]
         bound = self.log.bind(trace=claim.trace, uid=uid)
         if claim.outcome is not None:  # decided before a disconnection: only remove it
@@ -703,7 +456,7 @@ class ImapPoller:
         bound.warning("imap.dsn_deferred", dsn_reply=verdict.code, dsn_status=verdict.status)
         return False
 
-    async def _finish(self, work: _Connection, uid: int, claim: _Claim, bound: Any) -> None:
+    async def _finish(self, work: Connection, uid: int, claim: _Claim, bound: Any) -> None:
         if claim.outcome == "delivered":
             await work.ok(work.imap.uid("store", str(uid), "+FLAGS.SILENT", r"(\Deleted)"),
                           "STORE")
@@ -717,7 +470,7 @@ class ImapPoller:
         self._held.pop(uid, None)
         self._seen.pop(uid, None)
 
-    async def _requeue(self, work: _Connection, uid: int, reply: Reply, bound: Any) -> None:
+    async def _requeue(self, work: Connection, uid: int, reply: Reply, bound: Any) -> None:
         """Back to the inbox (end of the queue); this poller waits before claiming again."""
         moved = await work.move(uid, self.s.mailbox)
         self._held.pop(uid, None)
@@ -732,12 +485,12 @@ class ImapPoller:
     def _lock_name(self, kind: str, validity: bytes | None, uid: int) -> str:
         return f"{self.s.lock_folder}/{kind}-{(validity or b'0').decode()}-{uid}"
 
-    async def _sweep(self, inbox: _Connection, work: _Connection) -> None:
+    async def _sweep(self, inbox: Connection, work: Connection) -> None:
         """The lease: return what has sat claimed too long (see the module docstring)."""
         now = self.clock()
         prefix = self.s.lock_folder + "/"
-        listed = await inbox.ok(inbox.imap.list('""', _quote(prefix + "%")), "LIST")
-        locks = {name for name in (_listed_name(line) for line in listed.lines)
+        listed = await inbox.ok(inbox.imap.list('""', quote(prefix + "%")), "LIST")
+        locks = {name for name in (listed_name(line) for line in listed.lines)
                  if name is not None and name.startswith(prefix)}
         for name in _expired(self._seen_locks, locks, now, self.s.lease_seconds):
             await inbox.unlock(name)  # its owner died between CREATE and DELETE
@@ -757,22 +510,6 @@ class ImapPoller:
             if moved is not None:
                 self.counts["lease_expired"] += 1
                 self.log.warning("imap.lease_expired", uid=uid, lease_s=self.s.lease_seconds)
-
-
-def _validity(lines: Iterable[object]) -> bytes | None:
-    for line in lines:
-        match = _UIDVALIDITY.search(line) if isinstance(line, bytes) else None
-        if match:
-            return match.group(1)
-    return None
-
-
-def _listed_name(line: object) -> str | None:
-    """The mailbox name of a ``LIST`` response line (``(flags) "/" name``)."""
-    if not isinstance(line, bytes | bytearray) or not bytes(line).startswith(b"("):
-        return None
-    name = bytes(line).rsplit(b" ", 1)[-1].strip(b'"')
-    return name.decode("utf-8", "replace")
 
 
 _K = TypeVar("_K", int, str)

@@ -14,7 +14,7 @@ from bench.fuzz import targets
 from bench.fuzz.targets import SmtpRig
 from gateway.formats import charset, hprim, xdm
 from gateway.formats.convert import hprim_to_xdm
-from gateway.transport import imap_in
+from gateway.transport import imap_responses
 
 MAIL = (b"EHLO x\r\nMAIL FROM:<" + targets.SENDER.encode() + b">\r\nRCPT TO:<"
         + targets.RCPT.encode() + b">\r\n")
@@ -72,12 +72,12 @@ def test_unparseable_recipient_is_553_not_451(argument: bytes) -> None:
     b"OK [COPYUID 1 " + b"9" * 5000 + b" 1] Moved",  # int() refuses over 4300 digits
 ])
 def test_malformed_copyuid_is_an_imap_error(line: bytes) -> None:
-    with pytest.raises(imap_in.ImapError):
-        imap_in.copyuid([line], 7)
+    with pytest.raises(imap_responses.ImapError):
+        imap_responses.copyuid([line], 7)
 
 
 def test_reversed_uid_range_maps_in_order() -> None:
-    assert imap_in.copyuid([b"OK [COPYUID 1 5:3 12:10] Moved"], 4) == 11
+    assert imap_responses.copyuid([b"OK [COPYUID 1 5:3 12:10] Moved"], 4) == 11
 
 
 @pytest.mark.parametrize("line", [
@@ -85,13 +85,13 @@ def test_reversed_uid_range_maps_in_order() -> None:
     b"* 1 FETCH (UID 42 RFC822.SIZE " + b"9" * 5000 + b")",
 ])
 def test_overlong_numbers_in_fetch_responses_are_imap_errors(line: bytes) -> None:
-    with pytest.raises(imap_in.ImapError):
-        imap_in.fetched_size([line, b"done"], 42)
+    with pytest.raises(imap_responses.ImapError):
+        imap_responses.fetched_size([line, b"done"], 42)
 
 
 def test_overlong_number_in_a_search_response_is_an_imap_error() -> None:
-    with pytest.raises(imap_in.ImapError):
-        imap_in.search_uids([b"SEARCH 1 " + b"9" * 5000, b"done"])
+    with pytest.raises(imap_responses.ImapError):
+        imap_responses.search_uids([b"SEARCH 1 " + b"9" * 5000, b"done"])
 
 
 def test_control_characters_in_an_hprim_header_reach_the_xdm_metadata_safely() -> None:

@@ -51,11 +51,7 @@ default_login_user = {user}
 first_valid_uid = 1
 first_valid_gid = 1
 mail_location = maildir:~/Maildir
-namespace inbox {{
-  inbox = yes
-  separator = /
-}}
-passdb {{
+{namespace}passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {root}/passwd
 }}
@@ -92,6 +88,11 @@ class Dovecot:
     ca_file: Path
     password_file: Path
     host: str = HOST
+    delimiter: str = "."  # the hierarchy separator of its layout
+
+    def folder(self, configured: str) -> str:
+        """A configured ``A/B`` folder as this server names it."""
+        return configured.replace("/", self.delimiter)
 
     @property
     def pid(self) -> int | None:
@@ -137,8 +138,18 @@ class Dovecot:
             return ""
 
 
-def make_dovecot(user: str = "passerelle") -> Dovecot:
+# The inbox namespace as Debian's dovecot-core ships it (conf.d/10-mail.conf: ``inbox = yes``,
+# separator and prefix left to their defaults): with Maildir, the Maildir++ layout, "." as the
+# hierarchy separator. LAYOUTS vary from there; nothing is tuned to the gateway.
+LAYOUTS = {
+    "default": ("namespace inbox {\n  inbox = yes\n}\n", "."),
+    "slash": ("namespace inbox {\n  inbox = yes\n  separator = /\n}\n", "/"),
+}
+
+
+def make_dovecot(user: str = "passerelle", layout: str = "default") -> Dovecot:
     """Write a configuration into a fresh folder (not started yet)."""
+    namespace, delimiter = LAYOUTS[layout]
     root = Path(tempfile.mkdtemp(prefix="passerelle-dovecot-"))
     root.chmod(0o755)
     account = pwd.getpwnam("nobody")
@@ -166,9 +177,10 @@ def make_dovecot(user: str = "passerelle") -> Dovecot:
     group = "nogroup"
     (root / "dovecot.conf").write_text(CONFIG.format(
         root=root, port=port, uid=account.pw_uid, gid=account.pw_gid,
-        user="dovenull" if _exists("dovenull") else "nobody", group=group))
+        user="dovenull" if _exists("dovenull") else "nobody", group=group,
+        namespace=namespace))
     return Dovecot(root=root, port=port, user=user, password=password,
-                   ca_file=root / "ca.pem", password_file=password_file)
+                   ca_file=root / "ca.pem", password_file=password_file, delimiter=delimiter)
 
 
 def _exists(name: str) -> bool:
@@ -180,8 +192,8 @@ def _exists(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def running_dovecot(user: str = "passerelle") -> Iterator[Dovecot]:
-    server = make_dovecot(user)
+def running_dovecot(user: str = "passerelle", layout: str = "default") -> Iterator[Dovecot]:
+    server = make_dovecot(user, layout)
     server.start()
     try:
         yield server

@@ -16,7 +16,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -148,6 +148,7 @@ class Rig:
     def _append(self, messages: list[bytes], folder: str) -> None:
         client = self._imap()
         try:
+            folder = self.dovecot.folder(folder)
             client.create(folder)
             for raw in messages:
                 typ, _ = client.append(folder, None, None, raw)
@@ -163,10 +164,21 @@ class Rig:
         try:
             out = {}
             for folder in ("INBOX", PROCESSING, REJECTED):
-                typ, data = client.status(folder, "(MESSAGES)")
+                typ, data = client.status(self.dovecot.folder(folder), "(MESSAGES)")
                 match = re.search(rb"MESSAGES (\d+)", data[0] or b"") if typ == "OK" else None
                 out[folder] = int(match.group(1)) if match else 0
             return out
+        finally:
+            client.logout()
+
+    def delimiter(self) -> str:
+        """The hierarchy delimiter the server itself announces (``LIST "" ""``)."""
+        client = self._imap()
+        try:
+            _, data = client.list('""', '""')
+            match = re.match(rb'\([^)]*\) "(.)"', data[0] or b"")
+            assert match, data
+            return match.group(1).decode()
         finally:
             client.logout()
 
@@ -177,11 +189,12 @@ class Rig:
         """What a crashed instance leaves behind: messages moved into processing."""
         client = self._imap()
         try:
-            client.create(PROCESSING)
+            processing = self.dovecot.folder(PROCESSING)
+            client.create(processing)
             client.select("INBOX")
             _, data = client.uid("SEARCH", "ALL")  # type: ignore[arg-type]
             for uid in data[0].split()[:count]:
-                client.uid("MOVE", uid.decode(), PROCESSING)  # type: ignore[arg-type]
+                client.uid("MOVE", uid.decode(), processing)  # type: ignore[arg-type]
         finally:
             client.logout()
 
@@ -210,8 +223,10 @@ async def _start_sink(root: Path, network: str, port: int, sink: Sink) -> asynci
 
 
 @pytest.fixture
-def dovecot() -> Iterator[Dovecot]:
-    with running_dovecot() as server:
+def dovecot(request: pytest.FixtureRequest) -> Iterator[Dovecot]:
+    """Dovecot as its package ships it (Maildir++, "."), or a layout a test asks for with
+    ``@pytest.mark.parametrize("dovecot", [...], indirect=True)``."""
+    with running_dovecot(layout=getattr(request, "param", "default")) as server:
         yield server
 
 
@@ -237,8 +252,11 @@ async def _stop(poller: ImapPoller, task: asyncio.Task[None]) -> None:
 # --- the tests ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dovecot", ["default", "slash"], indirect=True)
 async def test_mailbox_messages_are_relayed_opened_by_openssl_and_removed(
         rig: Rig, templates: list[bytes]) -> None:
+    # the layout really is the package's Maildir++ "." (or "/" where the test asks for it)
+    assert await asyncio.to_thread(rig.delimiter) == rig.dovecot.delimiter
     messages = copies(templates, 4, "basic")
     await rig.append(messages)
     poller = rig.poller(rig.settings())
@@ -591,3 +609,24 @@ async def test_instance_sigkilled_while_holding_a_claim_loses_nothing(
     duplicates = sum(n - 1 for n in ids.values())
     print(f"SIGKILL while claiming: delivered {len(ids)}/4, duplicates {duplicates}")
     assert set(ids) == {f"<killed-{i}@test>".encode() for i in range(4)}
+
+
+async def test_a_folder_the_server_cannot_hold_is_one_clear_error_with_back_off(
+        rig: Rig, templates: list[bytes]) -> None:
+    """Maildir++ (".") cannot hold "Proc.essing" as one name: the poller names the folder and
+    why in ``imap.folder_unusable``, backs off, and relays nothing (no hot reconnect loop)."""
+    await rig.append(copies(templates, 1, "folder"))
+    settings = replace(rig.settings(), processing_folder="Passerelle/Proc.essing",
+                       backoff_initial=0.2, backoff_max=0.4)
+    poller = rig.poller(settings)
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(poller.run())
+        await asyncio.sleep(1.5)
+        await _stop(poller, task)
+    unusable = [e for e in logs if e["event"] == "imap.folder_unusable"]
+    assert unusable and unusable[0]["folder"] == "Passerelle/Proc.essing"
+    assert "delimiter '.'" in unusable[0]["server"]
+    assert unusable[0]["log_level"] == "error"
+    assert 2 <= poller.counts["folder_unusable"] <= 8  # backed off, not a hot loop
+    assert rig.sinks["mssante"].received == []
+    assert (await rig.counts())["INBOX"] == 1  # nothing lost either

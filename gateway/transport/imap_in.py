@@ -88,17 +88,19 @@ from gateway.smime.unwrap import mailboxes, seal
 from gateway.translate.pipeline import NetworkRuntime, recipient_certificate
 from gateway.transport.dsn import build_dsn
 from gateway.transport.imap_responses import (
+    FolderUnusable,
     ImapError,
     fetch_of,
     fetched_literal,
     fetched_size,
     listed_name,
     search_uids,
+    server_text,
 )
 from gateway.transport.imap_responses import (
     validity as validity_of,
 )
-from gateway.transport.imap_session import Connection, ImapSettings, quote
+from gateway.transport.imap_session import Connection, FolderNames, ImapSettings, quote
 from gateway.transport.inbound import InboundMessage
 from gateway.transport.smtp_out import NextHop, deliver
 
@@ -206,6 +208,34 @@ def envelope_of(raw: bytes, check_sender: CheckSender,
     return Envelope(sender, tuple(rcpts), tuple(routed), refusal)
 
 
+@dataclass(frozen=True)
+class _Folders:
+    """The poller's folders as this server names them (``FolderNames``), for one session."""
+
+    names: FolderNames
+    mailbox: str
+    processing: str
+    rejected: str
+    lock: str
+
+    @classmethod
+    def of(cls, settings: ImapSettings, names: FolderNames) -> _Folders:
+        return cls(names, names.of(settings.mailbox), names.of(settings.processing_folder),
+                   names.of(settings.rejected_folder), names.of(settings.lock_folder))
+
+
+async def _ensure_folder(connection: Connection, folder: str) -> None:
+    """``CREATE`` the folder unless it exists; one clear error naming it and the server's words
+    if it can be neither created nor found (a reconnect would fail the same way)."""
+    created = await connection.call(connection.imap.create(quote(folder)))
+    if created.result == "OK":
+        return
+    listed = await connection.call(connection.imap.list('""', quote(folder)))
+    if listed.result == "OK" and any(listed_name(line) == folder for line in listed.lines):
+        return  # it was there already
+    raise FolderUnusable(folder, server_text(created.lines))
+
+
 class ImapPoller:
     """Relays the messages of one mailbox; ``run()`` until ``stop()``."""
 
@@ -227,6 +257,7 @@ class ImapPoller:
         self._seen: dict[int, float] = {}  # processing UID -> when we first saw it there
         self._seen_locks: dict[str, float] = {}  # lock folder -> when we first saw it
         self._inbox_validity: bytes | None = None
+        self._folders = _Folders.of(settings, FolderNames("/", ""))  # the server's: per session
         self._validity: bytes | None = None  # UIDVALIDITY of the processing folder
         self._stopping = asyncio.Event()
         self._retry_at = 0.0  # no claim before (after a 4xx)
@@ -249,6 +280,11 @@ class ImapPoller:
                 connected = True
                 delay = self.s.backoff_initial
                 await self._session(inbox, work)
+            except FolderUnusable as exc:
+                # Reconnecting will not create it: say which folder and why, then back off.
+                self.counts["folder_unusable"] += 1
+                self.log.error("imap.folder_unusable", folder=exc.folder, server=exc.text,
+                               retry_in=round(delay, 1))
             except ImapError as exc:
                 self.counts["disconnected"] += 1
                 self.log.warning("imap.disconnected", error=str(exc), connected=connected,
@@ -267,11 +303,12 @@ class ImapPoller:
             await asyncio.wait_for(self._stopping.wait(), timeout=max(0.0, seconds))
 
     async def _session(self, inbox: Connection, work: Connection) -> None:
-        for folder in (self.s.processing_folder, self.s.rejected_folder):
-            await inbox.call(inbox.imap.create(quote(folder)))  # NO if it exists: fine
-        selected = await inbox.ok(inbox.imap.select(quote(self.s.mailbox)), "SELECT inbox")
+        f = self._folders = _Folders.of(self.s, inbox.names)
+        for folder in (f.processing, f.rejected):
+            await _ensure_folder(inbox, folder)
+        selected = await inbox.ok(inbox.imap.select(quote(f.mailbox)), "SELECT inbox")
         self._inbox_validity = validity_of(selected.lines)
-        selected = await work.ok(work.imap.select(quote(self.s.processing_folder)),
+        selected = await work.ok(work.imap.select(quote(f.processing)),
                                  "SELECT processing")
         validity = validity_of(selected.lines)
         if validity != self._validity:  # a recreated folder: remembered UIDs mean nothing
@@ -345,7 +382,7 @@ class ImapPoller:
                 continue
             # (A lock left by a failure here is removed by the sweeper after the lease.)
             await inbox.ok(inbox.imap.noop(), "NOOP")
-            processing_uid = await inbox.move(uid, self.s.processing_folder)
+            processing_uid = await inbox.move(uid, self._folders.processing)
             await inbox.unlock(lock)
             if processing_uid is None:
                 self.counts["lost_race"] += 1
@@ -464,7 +501,7 @@ class ImapPoller:
             self.counts["delivered"] += 1
             bound.info("imap.delivered")
         else:
-            moved = await work.move(uid, self.s.rejected_folder)
+            moved = await work.move(uid, self._folders.rejected)
             self.counts["rejected"] += 1
             bound.warning("imap.rejected", moved=moved is not None)
         self._held.pop(uid, None)
@@ -472,7 +509,7 @@ class ImapPoller:
 
     async def _requeue(self, work: Connection, uid: int, reply: Reply, bound: Any) -> None:
         """Back to the inbox (end of the queue); this poller waits before claiming again."""
-        moved = await work.move(uid, self.s.mailbox)
+        moved = await work.move(uid, self._folders.mailbox)
         self._held.pop(uid, None)
         self._seen.pop(uid, None)
         self._retry_delay = min(self.s.backoff_max,
@@ -483,12 +520,13 @@ class ImapPoller:
                       moved=moved is not None, retry_in=round(self._retry_delay, 2))
 
     def _lock_name(self, kind: str, validity: bytes | None, uid: int) -> str:
-        return f"{self.s.lock_folder}/{kind}-{(validity or b'0').decode()}-{uid}"
+        f = self._folders
+        return f.names.child(f.lock, f"{kind}-{(validity or b'0').decode()}-{uid}")
 
     async def _sweep(self, inbox: Connection, work: Connection) -> None:
         """The lease: return what has sat claimed too long (see the module docstring)."""
         now = self.clock()
-        prefix = self.s.lock_folder + "/"
+        prefix = self._folders.names.child(self._folders.lock, "")
         listed = await inbox.ok(inbox.imap.list('""', quote(prefix + "%")), "LIST")
         locks = {name for name in (listed_name(line) for line in listed.lines)
                  if name is not None and name.startswith(prefix)}
@@ -504,7 +542,7 @@ class ImapPoller:
             if not await work.lock(lock):
                 continue
             await work.ok(work.imap.noop(), "NOOP")
-            moved = await work.move(uid, self.s.mailbox)
+            moved = await work.move(uid, self._folders.mailbox)
             await work.unlock(lock)
             self._seen.pop(uid, None)
             if moved is not None:

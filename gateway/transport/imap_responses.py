@@ -15,6 +15,15 @@ class ImapError(Exception):
     """The session cannot go on (connection lost, timeout, refusal): reconnect."""
 
 
+class FolderUnusable(ImapError):
+    """A folder the poller needs can be neither created nor found on the server."""
+
+    def __init__(self, folder: str, text: str) -> None:
+        super().__init__(f"folder {folder!r} cannot be created: {text}")
+        self.folder = folder
+        self.text = text
+
+
 _COPYUID = re.compile(rb"COPYUID (\d+) ([\d:,]+) ([\d:,]+)")
 _UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)")
 _FETCH_UID = re.compile(rb"\bUID (\d+)")
@@ -120,3 +129,47 @@ def listed_name(line: object) -> str | None:
         return None
     name = bytes(line).rsplit(b" ", 1)[-1].strip(b'"')
     return name.decode("utf-8", "replace")
+
+
+# ``(flags) "." name`` / ``(flags) NIL name``: the hierarchy delimiter of a LIST line.
+_LIST_DELIMITER = re.compile(rb'^\([^)]*\) (?:"(\\.|[^"\\])"|(NIL))', re.IGNORECASE)
+# ``(("INBOX." ".")) NIL NIL``: the first personal namespace (RFC 2342), its prefix.
+_PERSONAL = re.compile(rb'^(?:NAMESPACE )?\(\("((?:\\.|[^"\\]){0,200})" (?:"(?:\\.|[^"\\])"|NIL)',
+                       re.IGNORECASE)
+
+
+def _unescape(quoted: bytes) -> str:
+    return re.sub(rb"\\(.)", rb"\1", quoted).decode("utf-8", "replace")
+
+
+def list_delimiter(lines: Iterable[object]) -> str | None:
+    """The hierarchy delimiter of a ``LIST "" ""`` response; None for a flat server (NIL) or
+    no answer."""
+    for line in lines:
+        if not isinstance(line, bytes | bytearray):
+            continue
+        match = _LIST_DELIMITER.match(bytes(line))
+        if match:
+            return None if match.group(2) else _unescape(match.group(1))
+    return None
+
+
+def personal_namespace(lines: Iterable[object]) -> str:
+    """The prefix of the first personal namespace of a ``NAMESPACE`` response ("" if none)."""
+    for line in lines:
+        if not isinstance(line, bytes | bytearray):
+            continue
+        match = _PERSONAL.match(bytes(line).strip())
+        if match:
+            return _unescape(match.group(1))
+    return ""
+
+
+def server_text(lines: Sequence[object]) -> str:
+    """The server's own words of a refusal (its tagged completion line), printable, bounded:
+    an operator needs them to fix a folder or a permission."""
+    for line in reversed(lines):
+        if isinstance(line, bytes | bytearray) and bytes(line).strip():
+            text = bytes(line).decode("utf-8", "replace")
+            return re.sub(r"[^\x20-\x7e]", "?", text).strip()[:200]
+    return "no text"

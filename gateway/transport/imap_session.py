@@ -19,7 +19,14 @@ import aioimaplib
 
 from gateway.config import GatewaySettings, ImapConfig, default_of
 from gateway.transport import tls
-from gateway.transport.imap_responses import ImapError, copyuid
+from gateway.transport.imap_responses import (
+    FolderUnusable,
+    ImapError,
+    copyuid,
+    list_delimiter,
+    personal_namespace,
+    server_text,
+)
 
 
 def _G(name: str) -> Any:
@@ -96,6 +103,7 @@ class Connection:
         self.s = settings
         self.client: aioimaplib.IMAP4_SSL | None = None
         self.lost: asyncio.Future[None] | None = None
+        self.names = FolderNames("/", "")  # the server's, once ``open`` asked
 
     def _on_lost(self, _exc: Exception | None) -> None:
         if self.lost is not None and not self.lost.done():
@@ -123,6 +131,19 @@ class Connection:
         missing = needed - self.imap.protocol.capabilities
         if missing:
             raise ImapError(f"server lacks {', '.join(sorted(missing))}")
+        self.names = await self._folder_names()
+
+    async def _folder_names(self) -> FolderNames:
+        """The server's hierarchy delimiter and personal namespace prefix (Dovecot's default
+        Maildir++ layout uses ".", Courier and Cyrus put folders under "INBOX.")."""
+        listed = await self.ok(self.imap.list('""', '""'), "LIST delimiter")
+        delimiter = list_delimiter(listed.lines)
+        prefix = ""
+        if "NAMESPACE" in self.imap.protocol.capabilities:
+            response = await self.call(self.imap.namespace())
+            if response.result == "OK":
+                prefix = personal_namespace(response.lines)
+        return FolderNames(delimiter, prefix)
 
     async def call(self, awaitable: Awaitable[Any], timeout: float | None = None) -> Any:
         """Run one command: its result, or ImapError on timeout or connection loss."""
@@ -147,7 +168,7 @@ class Connection:
                  timeout: float | None = None) -> Any:
         response = await self.call(awaitable, timeout)
         if response.result != "OK":
-            raise ImapError(f"{what} refused")
+            raise ImapError(f"{what} refused: {server_text(response.lines)}")
         return response
 
     async def move(self, uid: int, folder: str) -> int | None:
@@ -170,6 +191,36 @@ class Connection:
         client, self.client = self.client, None
         if client is not None and client.protocol.transport is not None:
             client.protocol.transport.abort()
+
+
+@dataclass(frozen=True)
+class FolderNames:
+    """How the server writes a folder: the configured ``A/B`` becomes ``prefix + A<d>B``."""
+
+    delimiter: str | None  # None: a flat server, no hierarchy
+    prefix: str  # personal namespace prefix, e.g. "INBOX." ("" for most servers)
+
+    def of(self, configured: str) -> str:
+        """The server's name of a configured folder (``/``-separated); INBOX stays INBOX."""
+        if configured.upper() == "INBOX":
+            return configured
+        parts = [part for part in configured.split("/") if part]
+        if self.delimiter is None:
+            if len(parts) > 1:
+                raise FolderUnusable(configured, "the server has no folder hierarchy")
+            name = parts[0] if parts else configured
+        else:
+            if any(self.delimiter in part for part in parts):
+                raise FolderUnusable(configured, f"a name in it holds the server's hierarchy "
+                                                 f"delimiter {self.delimiter!r}")
+            name = self.delimiter.join(parts)
+        if self.prefix and not name.startswith(self.prefix):
+            name = self.prefix + name
+        return name
+
+    def child(self, parent: str, name: str) -> str:
+        """``name`` inside the server folder ``parent``."""
+        return parent + (self.delimiter or "") + name if self.delimiter else parent + "-" + name
 
 
 def quote(folder: str) -> str:

@@ -1,16 +1,15 @@
-"""The running gateway: configuration wired to listeners, the pipeline and delivery.
+"""The running gateway: configuration wired to listeners, pollers, the message path, metrics.
 
-Rule kept here: a sender is answered only after the next hop answered (DESIGN §2). For each
-message: route at the envelope (done by the listener through our callbacks), translate in a
-worker thread (crypto releases the GIL; the event loop never runs it), deliver, and return the
-downstream's verdict as the reply. Nothing is queued, nothing is written: if the process dies,
-every message not yet answered ``250`` is still the sender's.
+Rule kept here: this module wires and runs the lifecycle, and decides nothing about a message:
+the listeners and pollers check envelopes through the runtime's routing (our callbacks), and
+each accepted message goes to ``gateway.relay.MessagePath``, which answers with the next hop's
+verdict. Start, readiness, SIGHUP reload (all or nothing: a bad configuration keeps the running
+one), drain on SIGTERM, and ``--workers N`` supervision live here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import datetime as dt
 import functools
@@ -18,14 +17,12 @@ import os
 import signal
 import ssl
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
 from gateway import errors
-from gateway.config import Config, NetworkConfig, load_config, other, read_certificates
+from gateway.config import Config, NetworkConfig, load_config, read_certificates
 from gateway.errors import ConfigError
 from gateway.metrics import Metrics, Readiness, reachable, serve_http
 from gateway.obs import (
@@ -37,42 +34,18 @@ from gateway.obs import (
     set_pseudonym_key,
     stop_with_parent,
 )
+from gateway.relay import MessagePath
 from gateway.translate import routing
 from gateway.translate.context import NETWORKS, Runtime, build_runtime
-from gateway.translate.normalise import normalise
-from gateway.translate.pipeline import NetworkRuntime, Translation, translate
+from gateway.translate.pipeline import NetworkRuntime
 from gateway.transport import tls
 from gateway.transport.imap_in import Bouncer, ImapPoller
 from gateway.transport.imap_session import ImapSettings
-from gateway.transport.inbound import InboundMessage, ListenerSettings
+from gateway.transport.inbound import ListenerSettings
 from gateway.transport.smtp_in import start_listener
-from gateway.transport.smtp_out import DeliveryPool, NextHop
+from gateway.transport.smtp_out import NextHop
 
 log = structlog.get_logger("gateway.app")
-
-
-@dataclass
-class Stats:
-    """Counters for the periodic summary line (and the final one at stop)."""
-
-    in_flight: int = 0
-    outcomes: dict[str, int] = field(default_factory=dict)
-    latencies: list[float] = field(default_factory=list)  # seconds, since the last summary
-
-    def count(self, key: str, seconds: float) -> None:
-        self.outcomes[key] = self.outcomes.get(key, 0) + 1
-        if len(self.latencies) < 100_000:  # bounded even if summaries are rare
-            self.latencies.append(seconds)
-
-    def summary(self) -> dict[str, object]:
-        lat = sorted(self.latencies)
-        self.latencies = []
-
-        def pct(q: float) -> float | None:
-            return round(1000 * lat[min(len(lat) - 1, int(q * len(lat)))], 1) if lat else None
-
-        return {"outcomes": dict(self.outcomes), "in_flight": self.in_flight,
-                "messages": len(lat), "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
 
 
 EXPIRY_WARNINGS = (30, 7)  # days before expiry at which a certificate gets a warning
@@ -117,26 +90,25 @@ class Gateway:
     """One gateway process: two listeners, one pipeline, one delivery path per network."""
 
     def __init__(self, config: Config, runtime: Runtime, *, workers: int | None = None) -> None:
-        self.config = config
-        self.runtime = runtime
-        self.stats = Stats()
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=workers or max(2, os.cpu_count() or 2),
-            thread_name_prefix="translate")
+        self.metrics = Metrics()
+        self.config = config  # also read by _next_hop
+        self.path = MessagePath(config, runtime, {}, self.metrics, workers=workers)
+        self.path.hops = {name: self._next_hop(config.network(name)) for name in NETWORKS}
+        self.stats = self.path.stats
+        self.process = self.path.process
         self._servers: list[asyncio.AbstractServer] = []
-        self._hops: dict[str, NextHop] = {name: self._next_hop(config.network(name))
-                                          for name in NETWORKS}
-        # Reused TLS connections, one pool per next hop (see _delivery_for).
-        self._delivery: dict[str, DeliveryPool] = {}
-        self._retiring: set[asyncio.Task[None]] = set()
-        self._idle = asyncio.Event()
-        self._big_translation = asyncio.Semaphore(1)
-        self._idle.set()
         self._server_contexts: dict[str, ssl.SSLContext] = {}
         self._pollers: list[ImapPoller] = []
         self._poller_tasks: list[asyncio.Task[None]] = []
-        self.metrics = Metrics()
         self._publish_settings()
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.path.runtime
+
+    @property
+    def _hops(self) -> dict[str, NextHop]:
+        return self.path.hops
 
     def _publish_settings(self) -> None:
         """Every configured limit as a gauge, and the days left of every certificate."""
@@ -277,96 +249,14 @@ class Gateway:
             log.error("reload.failed", error=type(exc).__name__)
             self.metrics.reloads.labels("failed").inc()
             return False
-        self.config, self.runtime = config, runtime
-        self._hops = {name: self._next_hop(config.network(name)) for name in NETWORKS}
+        self.config = self.path.config = config
+        self.path.runtime = runtime
+        self.path.hops = {name: self._next_hop(config.network(name)) for name in NETWORKS}
         self._publish_settings()
         self.metrics.reloads.labels("done").inc()
         log.info("reload.done", warnings=len(config.warnings))
         check_certificates(config, dt.datetime.now(dt.UTC))
         return True
-
-    # --- the message path -------------------------------------------------------------------
-
-    async def process(self, message: InboundMessage) -> errors.Reply:
-        source = message.network
-        destination = other(source)
-        direction = f"{source}->{destination}"
-        started = time.perf_counter()
-        self.stats.in_flight += 1
-        self.metrics.in_flight.inc()
-        self._idle.clear()
-        bound = log.bind(trace=message.trace_id, direction=direction)
-        try:
-            reply = await self._relay(message, source, destination, bound)
-        except Exception as exc:  # fail closed: unexpected means "try again later"
-            bound.error("message.failed", error=type(exc).__name__)
-            reply = errors.reply_for(exc)
-        finally:
-            self.stats.in_flight -= 1
-            self.metrics.in_flight.dec()
-            if self.stats.in_flight == 0:
-                self._idle.set()
-        elapsed = time.perf_counter() - started
-        self.stats.count(f"{direction}:{reply.code}", elapsed)
-        self.metrics.observe(direction, reply.code, elapsed)
-        bound.info("message.done", reply=reply.code, status=reply.status,
-                   duration_ms=round((time.perf_counter() - started) * 1000, 1))
-        return reply
-
-    async def _relay(self, message: InboundMessage, source: str, destination: str,
-                     bound: structlog.typing.FilteringBoundLogger) -> errors.Reply:
-        runtime = self.runtime  # one snapshot for the whole message (reload swaps it)
-        loop = asyncio.get_running_loop()
-        t0 = time.perf_counter()
-        at = dt.datetime.now(dt.UTC)
-        size_in = len(message.content)
-        job: Callable[[], Translation] | None = None
-        try:
-            job = functools.partial(
-                translate, message.content,
-                source=runtime.network(source), destination=runtime.network(destination),
-                mail_from=runtime.reverse_sender(source, message.mail_from),
-                recipients=list(message.routed_rcpts),
-                map_sender=functools.partial(runtime.reverse_sender, source),
-                at=at, hostname=self.config.gateway.hostname,
-                trace_id=message.trace_id, received_from=message.peer,
-                normalise=functools.partial(normalise, at=at),
-                max_depth=self.config.gateway.max_depth,
-            )
-            if size_in <= self.config.gateway.translate_inline_bytes:
-                # A small message (a few ms of CPU) is translated right here: handing it to a
-                # thread and back costs a fifth of the work (wake-ups, GIL hand-overs, a cold
-                # cache), and the cores are shared by processes (--workers), not threads.
-                translation = job()
-            else:
-                # Big messages go to the pool, so one of them does not stall the other
-                # sessions, and one at a time: a translation holds several times the message
-                # (decoded, decrypted, parsed, re-encoded); 32 of them at 5 MB would not fit
-                # the memory bound.
-                async with self._big_translation:
-                    translation = await loop.run_in_executor(self._pool, job)
-        except errors.GatewayError as exc:
-            bound.warning("translate.refused", error=exc.code, reason=exc.reason,
-                          reply=exc.reply.code, size_in=size_in,
-                          duration_ms=round((time.perf_counter() - t0) * 1000, 1))
-            return exc.reply
-        finally:
-            # the translation (or the refusal) is all that is needed now
-            message.release()
-            job = None
-        self.metrics.stage(f"{source}->{destination}", "translate", time.perf_counter() - t0)
-        # facts: sizes, layers, signer serial, the charset decisions (chosen charset, method,
-        # confidence, repaired) and XDM/CDA codes: numbers and labels only, never text.
-        bound.info("translate.done", recipients=len(translation.recipients),
-                   duration_ms=round((time.perf_counter() - t0) * 1000, 1),
-                   **translation.facts)
-        t1 = time.perf_counter()
-        reply = await self._delivery_for(destination).deliver(
-            translation.mail_from, translation.recipients, translation.raw)
-        self.metrics.stage(f"{source}->{destination}", "deliver", time.perf_counter() - t1)
-        bound.info("deliver.done", reply=reply.code, status=reply.status,
-                   duration_ms=round((time.perf_counter() - t1) * 1000, 1))
-        return reply
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -383,7 +273,7 @@ class Gateway:
         """Wait for in-flight messages to be answered; False if the budget ran out."""
         started = time.monotonic()
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout=budget)
+            await asyncio.wait_for(self.path.idle.wait(), timeout=budget)
         except TimeoutError:
             return False
         if self._poller_tasks:  # pollers finish the message they hold, then log out
@@ -394,26 +284,12 @@ class Gateway:
             return not pending
         return True
 
-    def _delivery_for(self, destination: str) -> DeliveryPool:
-        """The connection pool of the current next hop (a reload that builds a new hop gets a
-        new pool; the old one is closed: its in-flight messages finish, then it QUITs)."""
-        hop = self._hops[destination]
-        pool = self._delivery.get(destination)
-        if pool is None or pool.hop is not hop:
-            if pool is not None:
-                task = asyncio.get_running_loop().create_task(pool.close())
-                self._retiring.add(task)
-                task.add_done_callback(self._retiring.discard)
-            pool = self._delivery[destination] = DeliveryPool(hop)
-        return pool
-
     async def close_delivery(self) -> None:
         """QUIT the idle next-hop connections."""
-        await asyncio.gather(*(pool.close() for pool in self._delivery.values()),
-                             *self._retiring, return_exceptions=True)
+        await self.path.close_delivery()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.path.close()
 
 
 async def _serve_metrics(address: str, gateway: Gateway) -> asyncio.AbstractServer:

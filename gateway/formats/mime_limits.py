@@ -210,229 +210,235 @@ def scan_mime(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> MimeStats:
         data = data.replace(b"\r\n", b"\n")
         if b"\r" in data:  # a bare CR: one more copy, only then
             data = data.replace(b"\r", b"\n")
-    size = len(data)
 
-    stack: list[_Frame] = []
-    # boundary -> index of the OUTERMOST open frame using it (outermost match wins)
-    boundaries: dict[bytes, int] = {}
-    parts = 0
-    deepest = 0
+    return _Scanner(data, limits).run()
 
-    state = _HEADERS
-    depth = 0  # depth of the entity being read
-    digest_parent = False
-    header_count = 0
-    cur_name = b""
-    cur_lines: list[bytes] = []
-    cur_len = 0
-    ct_lines: list[bytes] | None = None
-    body_start = 0
 
-    def boundary_hit(line: bytes) -> tuple[int, bool] | None:
+class _Scanner:
+    """One pass over a message's lines, one method per event (a header line, the end of a
+    header block, a boundary, the end of input); the state is this object's, not shared
+    through closures."""
+
+    def __init__(self, data: bytes, limits: MimeLimits) -> None:
+        self.data = data
+        self.size = len(data)
+        self.limits = limits
+        self.stack: list[_Frame] = []
+        # boundary -> index of the OUTERMOST open frame using it (outermost match wins)
+        self.boundaries: dict[bytes, int] = {}
+        self.parts = 0
+        self.deepest = 0
+        self.state = _HEADERS
+        self.depth = 0  # depth of the entity being read
+        self.digest_parent = False
+        self.header_count = 0
+        self.cur_name = b""
+        self.cur_lines: list[bytes] = []
+        self.cur_len = 0
+        self.ct_lines: list[bytes] | None = None
+        self.body_start = 0
+        self.pos = 0
+        self.swallow: int | None = None  # frame whose separator was the previous line
+
+    def boundary_hit(self, line: bytes) -> tuple[int, bool] | None:
         """(frame index, is close delimiter) if ``line`` ends an enclosing multipart."""
-        if not boundaries or not line.startswith(b"--"):
+        if not self.boundaries or not line.startswith(b"--"):
             return None
         rest = line[2:].rstrip(b" \t")
         best: int | None = None
-        idx = boundaries.get(rest)
+        idx = self.boundaries.get(rest)
         if idx is not None:
             best = idx
         if rest.endswith(b"--"):
-            idx = boundaries.get(rest[:-2])
+            idx = self.boundaries.get(rest[:-2])
             if idx is not None and (best is None or idx < best):
                 best = idx
         if best is None:
             return None
-        bnd = stack[best].boundary
+        bnd = self.stack[best].boundary
         return best, rest != bnd
 
-    def header_line(line: bytes) -> None:
+    def header_line(self, line: bytes) -> None:
         """A header line: a continuation of the current field, or the start of a new one."""
-        nonlocal cur_lines, cur_len, cur_name
         if line[0] in b" \t":
-            if cur_lines:
-                cur_lines.append(line)
-                cur_len += len(line)
-                if cur_len > limits.max_header_bytes:
+            if self.cur_lines:
+                self.cur_lines.append(line)
+                self.cur_len += len(line)
+                if self.cur_len > self.limits.max_header_bytes:
                     raise LimitExceeded("header field too long after unfolding")
         else:
-            flush_header()
+            self.flush_header()
             colon = line.find(b":")
-            cur_name = line[:colon] if colon > 0 else b""
-            cur_lines = [line]
-            cur_len = len(line)
+            self.cur_name = line[:colon] if colon > 0 else b""
+            self.cur_lines = [line]
+            self.cur_len = len(line)
 
-    def flush_header() -> None:
-        nonlocal ct_lines, header_count, cur_lines
-        if not cur_lines:
+    def flush_header(self) -> None:
+        if not self.cur_lines:
             return
-        header_count += 1
-        if header_count > limits.max_headers:
+        self.header_count += 1
+        if self.header_count > self.limits.max_headers:
             raise LimitExceeded("too many header fields in one entity")
-        _check_header(cur_name, cur_len, cur_lines, limits)
-        if state == _DSN_BLOCK and cur_name.lower() == b"content-type":
-            value = b"".join(cur_lines).lower()
+        _check_header(self.cur_name, self.cur_len, self.cur_lines, self.limits)
+        if self.state == _DSN_BLOCK and self.cur_name.lower() == b"content-type":
+            value = b"".join(self.cur_lines).lower()
             if b"multipart" in value or b"message" in value:
                 # Legitimate reports never nest structure here; email would recurse into it.
                 raise LimitExceeded("nested structure inside a delivery-status block")
-        if ct_lines is None and cur_name.lower() == b"content-type":
-            ct_lines = cur_lines
-        cur_lines = []
+        if self.ct_lines is None and self.cur_name.lower() == b"content-type":
+            self.ct_lines = self.cur_lines
+        self.cur_lines = []
 
-    def new_part(child_depth: int, digest: bool) -> None:
-        nonlocal parts, state, depth, digest_parent, header_count, cur_lines, cur_len
-        nonlocal ct_lines, cur_name, body_start, deepest
-        parts += 1
-        if parts > limits.max_parts:
+    def new_part(self, child_depth: int, digest: bool) -> None:
+        self.parts += 1
+        if self.parts > self.limits.max_parts:
             raise LimitExceeded("too many MIME parts")
-        if child_depth > limits.max_depth:
+        if child_depth > self.limits.max_depth:
             raise LimitExceeded("MIME nesting too deep")
-        deepest = max(deepest, child_depth)
-        state = _HEADERS
-        depth = child_depth
-        digest_parent = digest
-        header_count = 0
-        cur_name = b""
-        cur_lines = []
-        cur_len = 0
-        ct_lines = None
-        body_start = pos
+        self.deepest = max(self.deepest, child_depth)
+        self.state = _HEADERS
+        self.depth = child_depth
+        self.digest_parent = digest
+        self.header_count = 0
+        self.cur_name = b""
+        self.cur_lines = []
+        self.cur_len = 0
+        self.ct_lines = None
+        self.body_start = self.pos
 
-    def close_to(index: int, close: bool) -> None:
+    def close_to(self, index: int, close: bool) -> None:
         """Pop every frame above ``index``; pop ``index`` too on a close delimiter."""
-        nonlocal state
         keep = index if close else index + 1
-        while len(stack) > keep:
-            frame = stack.pop()
-            if frame.boundary is not None and boundaries.get(frame.boundary) == len(stack):
-                del boundaries[frame.boundary]
+        while len(self.stack) > keep:
+            frame = self.stack.pop()
+            boundary = frame.boundary
+            if boundary is not None and self.boundaries.get(boundary) == len(self.stack):
+                del self.boundaries[boundary]
         if close:
-            state = _BODY  # the epilogue of the enclosing entity: plain lines
+            self.state = _BODY  # the epilogue of the enclosing entity: plain lines
         else:
-            new_part(stack[index].depth + 1, stack[index].digest)
+            self.new_part(self.stack[index].depth + 1, self.stack[index].digest)
 
-    def end_of_headers() -> None:
-        nonlocal state, body_start
-        ctype, boundary = _content_info(ct_lines, digest_parent)
-        body_start = pos
+    def end_of_headers(self) -> None:
+        ctype, boundary = _content_info(self.ct_lines, self.digest_parent)
+        self.body_start = self.pos
         if ctype == "message/delivery-status":
-            if depth + 1 > limits.max_depth:
+            if self.depth + 1 > self.limits.max_depth:
                 raise LimitExceeded("MIME nesting too deep")
-            stack.append(_Frame(None, depth, dsn=True))
-            new_part(depth + 1, False)
-            state = _DSN_BLOCK
+            self.stack.append(_Frame(None, self.depth, dsn=True))
+            self.new_part(self.depth + 1, False)
+            self.state = _DSN_BLOCK
         elif ctype.startswith("message/"):
-            stack.append(_Frame(None, depth))
-            new_part(depth + 1, False)
+            self.stack.append(_Frame(None, self.depth))
+            self.new_part(self.depth + 1, False)
         elif ctype.startswith("multipart/") and boundary is not None:
-            if depth + 1 > limits.max_depth:
+            if self.depth + 1 > self.limits.max_depth:
                 raise LimitExceeded("MIME nesting too deep")
-            stack.append(_Frame(boundary, depth, digest=ctype == "multipart/digest"))
-            boundaries.setdefault(boundary, len(stack) - 1)
-            state = _BODY
+            self.stack.append(_Frame(boundary, self.depth, digest=ctype == "multipart/digest"))
+            self.boundaries.setdefault(boundary, len(self.stack) - 1)
+            self.state = _BODY
         else:
-            state = _BODY
+            self.state = _BODY
 
-    def finish_headers() -> None:
+    def finish_headers(self) -> None:
         """The input of an entity ended inside its headers: email still types the entity
         (a message/* gets an empty nested message, a digest child is a message/rfc822)."""
-        while state == _HEADERS:
-            flush_header()
-            end_of_headers()
-        if state == _DSN_BLOCK:
-            flush_header()
+        while self.state == _HEADERS:
+            self.flush_header()
+            self.end_of_headers()
+        if self.state == _DSN_BLOCK:
+            self.flush_header()
 
-    def check_body_size(end: int) -> None:
-        if end - body_start > limits.max_part_bytes:
+    def check_body_size(self, end: int) -> None:
+        if end - self.body_start > self.limits.max_part_bytes:
             raise LimitExceeded("MIME part too big")
 
-    swallow: int | None = None  # frame whose separator was the previous line
-    pos = 0
-    while pos < size:
-        nl = data.find(b"\n", pos)
-        line_end = size if nl < 0 else nl
-        next_pos = size if nl < 0 else nl + 1
+    def run(self) -> MimeStats:
+        while self.pos < self.size:
+            nl = self.data.find(b"\n", self.pos)
+            line_end = self.size if nl < 0 else nl
+            next_pos = self.size if nl < 0 else nl + 1
 
-        if state == _BODY:
-            if not boundaries:
-                break  # no enclosing multipart: the rest of the message is this body
-            # Only a line starting with "--" can end a body: jump to the next one.
-            if data.startswith(b"--", pos):
-                hit_pos = pos
-            else:
-                found = data.find(b"\n--", pos)
-                if found < 0:
-                    break
-                hit_pos = found + 1
-            nl = data.find(b"\n", hit_pos)
-            line_end = size if nl < 0 else nl
-            next_pos = size if nl < 0 else nl + 1
-            hit = boundary_hit(data[hit_pos:line_end])
+            if self.state == _BODY:
+                if not self.boundaries:
+                    break  # no enclosing multipart: the rest of the message is this body
+                # Only a line starting with "--" can end a body: jump to the next one.
+                if self.data.startswith(b"--", self.pos):
+                    hit_pos = self.pos
+                else:
+                    found = self.data.find(b"\n--", self.pos)
+                    if found < 0:
+                        break
+                    hit_pos = found + 1
+                nl = self.data.find(b"\n", hit_pos)
+                line_end = self.size if nl < 0 else nl
+                next_pos = self.size if nl < 0 else nl + 1
+                hit = self.boundary_hit(self.data[hit_pos:line_end])
+                if hit is not None:
+                    if not hit[1]:
+                        self.swallow = hit[0]
+                    self.check_body_size(hit_pos)
+                    self.close_to(hit[0], hit[1])
+                    self.body_start = next_pos
+                self.pos = next_pos
+                continue
+
+            line = self.data[self.pos:line_end]
+            hit = self.boundary_hit(line)
+            if hit is not None and hit[0] == self.swallow:
+                # email swallows every delimiter (even a close) right after a separator of the
+                # same multipart: the part starts after the run.
+                self.pos = next_pos
+                self.body_start = self.pos
+                continue
+            self.swallow = None
             if hit is not None:
                 if not hit[1]:
-                    swallow = hit[0]
-                check_body_size(hit_pos)
-                close_to(hit[0], hit[1])
-                body_start = next_pos
-            pos = next_pos
-            continue
+                    self.swallow = hit[0]
+                self.finish_headers()
+                self.check_body_size(self.pos)
+                self.close_to(hit[0], hit[1])
+                self.pos = next_pos
+                self.body_start = self.pos
+                continue
 
-        line = data[pos:line_end]
-        hit = boundary_hit(line)
-        if hit is not None and hit[0] == swallow:
-            # email swallows every delimiter (even a close) right after a separator of the
-            # same multipart: the part starts after the run.
-            pos = next_pos
-            body_start = pos
-            continue
-        swallow = None
-        if hit is not None:
-            if not hit[1]:
-                swallow = hit[0]
-            finish_headers()
-            check_body_size(pos)
-            close_to(hit[0], hit[1])
-            pos = next_pos
-            body_start = pos
-            continue
+            if self.state == _HEADERS:
+                if len(line) > self.limits.max_header_line:
+                    raise LimitExceeded("header line too long")
+                if line == b"":
+                    self.flush_header()
+                    self.pos = next_pos
+                    self.end_of_headers()
+                    continue
+                if _HEADER_RE.match(line) is None:
+                    # Not a header: email ends the header block here and keeps the line as body.
+                    self.flush_header()
+                    self.end_of_headers()
+                    self.body_start = self.pos
+                    continue
+                self.header_line(line)
+                self.pos = next_pos
+                continue
 
-        if state == _HEADERS:
-            if len(line) > limits.max_header_line:
-                raise LimitExceeded("header line too long")
+            # _DSN_BLOCK: blocks of headers, each ended by one empty line (email.feedparser)
             if line == b"":
-                flush_header()
-                pos = next_pos
-                end_of_headers()
+                self.flush_header()
+                self.pos = next_pos
+                if self.pos < self.size:
+                    # email starts a new block at the next line, even another empty one
+                    frame = self.stack[-1]
+                    self.new_part(frame.depth + 1, False)
+                    self.state = _DSN_BLOCK
                 continue
-            if _HEADER_RE.match(line) is None:
-                # Not a header: email ends the header block here and keeps the line as body.
-                flush_header()
-                end_of_headers()
-                body_start = pos
-                continue
-            header_line(line)
-            pos = next_pos
-            continue
+            if len(line) > self.limits.max_header_line:
+                raise LimitExceeded("header line too long")
+            if _HEADER_RE.match(line) is not None:
+                self.header_line(line)
+            self.pos = next_pos
 
-        # _DSN_BLOCK: blocks of headers, each ended by one empty line (email.feedparser)
-        if line == b"":
-            flush_header()
-            pos = next_pos
-            if pos < size:
-                # email starts a new block at the next line, even another empty one
-                frame = stack[-1]
-                new_part(frame.depth + 1, False)
-                state = _DSN_BLOCK
-            continue
-        if len(line) > limits.max_header_line:
-            raise LimitExceeded("header line too long")
-        if _HEADER_RE.match(line) is not None:
-            header_line(line)
-        pos = next_pos
-
-    finish_headers()
-    check_body_size(size)
-    return MimeStats(parts=parts, depth=deepest)
+        self.finish_headers()
+        self.check_body_size(self.size)
+        return MimeStats(parts=self.parts, depth=self.deepest)
 
 
 _SIMPLE_FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+:[^\r\n]*")

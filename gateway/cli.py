@@ -11,6 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.config import Config
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -28,10 +32,32 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
             print(f"error: {problem}", file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return EXIT_CONFIG
-    for warning in config.warnings:
+    for warning in [*config.warnings, *_unusable_trust(config)]:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.file}: OK")
     return EXIT_OK
+
+
+def _unusable_trust(config: Config) -> list[str]:
+    """Anchors and intermediates no chain could use (config is below S/MIME: judged here)."""
+    import datetime as dt
+
+    from gateway.config import read_certificates
+    from gateway.smime.trust import describe, unusable_certificates
+
+    out = []
+    now = dt.datetime.now(dt.UTC)
+    for name, net in config.networks.items():
+        files = [(f"networks.{name}.trust_anchors", p) for p in net.trust_anchors]
+        files += [(f"networks.{name}.intermediates", p) for p in net.intermediates]
+        loaded = [(key, cert) for key, path in files for cert in read_certificates(path)]
+        anchors = [c for key, c in loaded if key.endswith("trust_anchors")]
+        inters = [c for key, c in loaded if key.endswith("intermediates")]
+        keys = {id(c): key for key, c in loaded}
+        for cert, why in unusable_certificates(anchors, inters, now):
+            out.append(f"{config.path}: {keys[id(cert)]}: {why} ({describe(cert)}): "
+                       "no chain can use it")
+    return out
 
 
 def _cmd_pki_init(args: argparse.Namespace) -> int:

@@ -85,6 +85,30 @@ def test_an_address_routing_refuses_is_a_check_config_problem(pki: Pki, tmp_path
     assert b"Traceback" not in proc.stderr and b"relay hack" in proc.stderr
 
 
+def test_check_config_warns_about_an_intermediate_no_chain_can_use(pki: Pki,
+                                                                    tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from gateway.smime import certgen
+
+    stray = certgen.make_ca("Stray Inter", issuer=certgen.make_ca("Unknown Root"))
+    (tmp_path / "stray.pem").write_bytes(stray.certificate.public_bytes(Encoding.PEM))
+    text = pki.config.read_text().replace(
+        'intermediates = ["mssante/intermediate.pem"]',
+        f'intermediates = ["mssante/intermediate.pem", "{tmp_path}/stray.pem"]', 1)
+    config = tmp_path / "stray.toml"
+    config.write_text(text.replace('"apicrypt/', f'"{pki.root}/apicrypt/')
+                      .replace('"mssante/', f'"{pki.root}/mssante/')
+                      .replace('"pseudonym.key"', f'"{pki.root}/pseudonym.key"'))
+    proc = gateway("check-config", config)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err  # a warning: the file may be right tomorrow
+    assert "networks.mssante.intermediates: intermediate leads to no trust anchor" in err
+    assert "no issuer named" in err and "no chain can use it" in err
+    clean = gateway("check-config", pki.config)
+    assert b"no chain can use it" not in clean.stderr
+
+
 def test_translate_reseals_for_the_recipient(pki: Pki, tmp_path: Path) -> None:
     raw = user_message(pki, JEAN, MARIE_ON_APICRYPT, text_entity("Kaliémie 5,9 mmol/L\n"))
     src = tmp_path / "in.eml"

@@ -26,10 +26,10 @@ from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import NameOID
 
 from gateway.config.addresses import lookup_key
-from gateway.errors import DirectoryUnavailable
+from gateway.errors import DirectoryUnavailable, MalformedError
+from gateway.smime import trust
 
 SUFFIXES = frozenset({".pem", ".crt", ".cer"})
 MAX_FILE_BYTES = 1 << 20  # a certificate file larger than this is not a certificate file
@@ -54,18 +54,13 @@ def normalise_address(address: str) -> str:
 
 
 def email_addresses(cert: x509.Certificate) -> frozenset[str]:
-    """The normalised e-mail addresses of a certificate (SAN rfc822Name and subject DN)."""
-    found: list[str] = []
+    """The certificate's addresses as the trust store judges them (``trust.email_addresses``:
+    the rfc822Name SANs, the DN emailAddress only without them), so the directory files a
+    certificate under exactly the identities a signature by it would prove."""
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        pass
-    else:
-        found.extend(san.value.get_values_for_type(x509.RFC822Name))
-    for attribute in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
-        if isinstance(attribute.value, str):
-            found.append(attribute.value)
-    return frozenset(normalise_address(a) for a in found if "@" in a)
+        return trust.email_addresses(cert)
+    except MalformedError:
+        raise ValueError("malformed certificate extensions") from None
 
 
 def is_ca(cert: x509.Certificate) -> bool:

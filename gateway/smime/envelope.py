@@ -81,6 +81,8 @@ _ECDH_SCHEMES = {
     "1.3.132.1.14.2": "sha384",
     "1.3.132.1.14.3": "sha512",
 }
+# RFC 8418 originator keys: named in the refusal (see docs/algorithms.md).
+_CFRG_KEYS = {"1.3.101.110": "X25519", "1.3.101.111": "X448"}
 _ECDH_SEAL_SCHEME = "1.3.132.1.11.1"  # dhSinglePass-stdDH-sha256kdf-scheme, what we write
 _KEY_WRAPS = {"aes128_wrap": 16, "aes192_wrap": 24, "aes256_wrap": 32}
 # The one reason given for every failure after a PKCS#1 v1.5 unwrap (see the module rules).
@@ -276,6 +278,10 @@ def _unwrap_kari(
         if originator.name != "originator_key":  # type: ignore[attr-defined]
             raise UnsupportedAlgorithm("static-static key agreement refused")
         info = originator.chosen  # type: ignore[attr-defined]
+        originator_algorithm = info["algorithm"]["algorithm"].dotted
+        if originator_algorithm in _CFRG_KEYS:
+            raise UnsupportedAlgorithm(f"{_CFRG_KEYS[originator_algorithm]} key agreement "
+                                       "(RFC 8418) is not accepted")
         if info["algorithm"]["algorithm"].native != "ec":
             raise UnsupportedAlgorithm("key agreement with a non-EC originator key refused")
         point = info["public_key"].native

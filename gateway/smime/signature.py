@@ -37,7 +37,7 @@ from asn1crypto import core
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
 from gateway.errors import (
@@ -81,6 +81,8 @@ _RSA = "1.2.840.113549.1.1.1"
 _PSS = "1.2.840.113549.1.1.10"
 _MGF1 = "1.2.840.113549.1.1.8"
 _EC_PUBLIC_KEY = "1.2.840.10045.2.1"
+_ED25519 = "1.3.101.112"  # RFC 8419: the digest of the signed attributes is SHA-512
+_ED448 = "1.3.101.113"
 # Signature OIDs that name their hash: OID -> (family, digest name).
 _HASHED_SIGNATURES = {
     "1.2.840.113549.1.1.11": ("rsassa_pkcs1v15", "sha256"),
@@ -443,6 +445,12 @@ def _signature_family(info: _SignerInfo, digest_name: str) -> str:
         return "rsassa_pkcs1v15"
     if oid == _EC_PUBLIC_KEY:
         return "ecdsa"
+    if oid == _ED25519:
+        if digest_name != "sha512":  # RFC 8419 §3.1
+            raise MalformedError("Ed25519 signature with a digest other than SHA-512")
+        return "ed25519"
+    if oid == _ED448:
+        raise WeakAlgorithm("signature algorithm Ed448 (RFC 8419) not accepted")
     if oid in _HASHED_SIGNATURES:
         family, named = _HASHED_SIGNATURES[oid]
         if named != digest_name:
@@ -535,6 +543,8 @@ def _check_signature(
             key.verify(info.signature, data, pad, algorithm)
         elif family == "ecdsa" and isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(info.signature, data, ec.ECDSA(algorithm))
+        elif family == "ed25519" and isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(info.signature, data)  # pure EdDSA over the signed attributes
         else:
             raise BadSignature("signature algorithm does not fit the signer's key")
     except InvalidSignature:

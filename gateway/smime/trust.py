@@ -3,11 +3,17 @@
 Rules kept here:
 
 * Pure: certificates, CRLs and the time come in as values; no files, no network, no clock.
-* The chain is built by ``cryptography.x509.verification`` (RFC 5280 path building, signatures,
-  validity, basic constraints, name constraints) with its WebPKI extension policies relaxed only
-  where RFC 8550 allows S/MIME certificates to differ: the leaf may lack the clientAuth EKU and
-  the subjectAltName (its address may sit in the subject DN as ``emailAddress``).
-* On top of it we apply RFC 8550 ourselves: an e-mail address is present; the EKU is absent or
+* The chain is built and judged by RFC 5280 §6 and RFC 8550, not by the WebPKI rules (which
+  refuse most S/MIME certificates of the field): an issuer is found by name and signature (the
+  AKI is only a hint, and may be absent); the trust anchor's own extensions are not judged (it
+  is trusted by configuration); every intermediate must be a CA (basicConstraints cA, critical
+  or not), allowed to sign certificates (keyUsage keyCertSign when present), within its
+  pathLenConstraint, valid at the time; rfc822Name name constraints of every CA apply to the
+  certificates below it, to their rfc822Name SANs and to their subject DN ``emailAddress``
+  alike (RFC 5280 §4.2.1.10); an unknown critical extension is refused. The end-entity
+  certificate may be v1, or v3 without any extension, as RFC 8550 allows.
+* The leaf, by RFC 8550: an e-mail address is present (the rfc822Name SANs; the subject DN
+  ``emailAddress`` only when there is no rfc822Name SAN); the EKU is absent or
   holds emailProtection / anyExtendedKeyUsage; the KeyUsage is absent or allows the purpose
   (digitalSignature / nonRepudiation to sign; keyEncipherment for RSA, keyAgreement for EC to
   encrypt).
@@ -26,8 +32,9 @@ Rules kept here:
   accepted late. Failures are always worked out again.
 * Failures are typed: for ``"sign"`` ``UntrustedSigner``, ``ExpiredSigner``, ``RevokedSigner``,
   ``CertificateUsageError``, ``WeakAlgorithm``; for ``"encrypt"`` always
-  ``RecipientCertificateError``. Reasons name the problem and the certificate by subject CN and
-  serial (never an e-mail address; a CN that holds one is left out).
+  ``RecipientCertificateError``. Reasons name the cause (``no issuer named …``,
+  ``basicConstraints missing on intermediate …``, ``expired on 2025-01-31``) and each
+  certificate by serial and issuer: never by its subject (a person's name or address).
 """
 
 from __future__ import annotations
@@ -43,9 +50,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509 import verification
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
+from gateway.config.addresses import lookup_key
 from gateway.errors import (
     CertificateUsageError,
     ExpiredSigner,
@@ -71,7 +78,7 @@ _WEAK_SIGNATURE_OIDS = frozenset({
     "1.2.840.10045.4.1",  # ecdsa-with-SHA1
     "1.2.840.10040.4.3",  # dsa-with-sha1
 })
-_MAX_DIAGNOSTIC_DEPTH = 10
+_MAX_PATH = 8  # certificates below the anchor: deeper chains are refused
 _CACHE_SIZE = 4096  # validated chains remembered per store (cleared when full)
 _CACHE_BUCKET_SECONDS = 60
 _DER = Encoding.DER
@@ -97,6 +104,8 @@ _addresses: Memo[x509.Certificate, frozenset[str]] = Memo(_CACHE_SIZE)
 
 
 def _email_addresses(cert: x509.Certificate) -> frozenset[str]:
+    """rfc822Name SANs; the DN emailAddress only without them (RFC 8550 §3: when a SAN names
+    the mailbox, a DN attribute beside it is not an identity the CA vouched for)."""
     found: set[str] = set()
     try:
         try:
@@ -105,25 +114,32 @@ def _email_addresses(cert: x509.Certificate) -> frozenset[str]:
             pass
         else:
             found.update(san.get_values_for_type(x509.RFC822Name))
-        for attribute in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
-            if isinstance(attribute.value, str):
-                found.add(attribute.value)
+        if not found:
+            for attribute in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
+                if isinstance(attribute.value, str):
+                    found.add(attribute.value)
     except Exception:  # duplicate or undecodable extensions in a hostile certificate
         raise MalformedError("unparseable certificate extensions") from None
-    return frozenset(a.strip().lower() for a in found if a.strip())
+    return frozenset(lookup_key(a) for a in found if a.strip())
+
+
+def _dn_addresses(cert: x509.Certificate) -> list[str]:
+    return [a.value for a in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)
+            if isinstance(a.value, str)]
 
 
 def describe(cert: x509.Certificate) -> str:
-    """``CN=... serial=...`` for reasons; a CN holding an e-mail address is left out."""
-    cn = ""
+    """``serial=… issuer='…'`` for reasons and logs: what identifies a certificate to the
+    operator (and its CA) without naming its holder, whose subject is a person."""
+    return f"serial={cert.serial_number:x} issuer={_name(cert.issuer)!r}"
+
+
+def _name(name: x509.Name) -> str:
+    """A CA's name, bounded, for reasons; '?' where it does not decode."""
     try:
-        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        if names and isinstance(names[0].value, str) and "@" not in names[0].value:
-            cn = names[0].value[:64]
-    except Exception:  # a subject that does not decode: the serial still identifies it
-        cn = ""
-    serial = f"serial={cert.serial_number:x}"
-    return f"CN={cn!r} {serial}" if cn else serial
+        return name.rfc4514_string()[:120]
+    except Exception:
+        return "?"
 
 
 def is_weak_key(cert: x509.Certificate) -> bool:
@@ -175,17 +191,6 @@ def _directly_issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 # --- the store -------------------------------------------------------------------------------
 
 
-def _extension_policies() -> tuple[verification.ExtensionPolicy, verification.ExtensionPolicy]:
-    """WebPKI policies, with the leaf's EKU and SAN made optional (RFC 8550 §4.4)."""
-    agnostic = verification.Criticality.AGNOSTIC
-    ee = (
-        verification.ExtensionPolicy.webpki_defaults_ee()
-        .may_be_present(x509.ExtendedKeyUsage, agnostic, None)
-        .may_be_present(x509.SubjectAlternativeName, agnostic, None)
-    )
-    return verification.ExtensionPolicy.webpki_defaults_ca(), ee
-
-
 @dataclass(frozen=True)
 class TrustStore:
     """Trust anchors of one network, intermediates known in advance, and its CRLs."""
@@ -193,10 +198,6 @@ class TrustStore:
     anchors: tuple[x509.Certificate, ...]
     intermediates: tuple[x509.Certificate, ...] = ()
     crls: tuple[x509.CertificateRevocationList, ...] = ()
-
-    @cached_property
-    def _store(self) -> verification.Store:
-        return verification.Store(list(self.anchors))
 
     @cached_property
     def _validated(self) -> Memo[_CacheKey, _Validated]:
@@ -247,60 +248,59 @@ class TrustStore:
         if not self.anchors:
             raise UntrustedSigner("no trust anchor configured")
         # The leaf first, explicitly, so that the reason is precise.
-        if at < leaf.not_valid_before_utc:
-            raise ExpiredSigner(f"certificate not yet valid ({describe(leaf)})")
-        if at > leaf.not_valid_after_utc:
-            raise ExpiredSigner(f"certificate expired ({describe(leaf)})")
+        _check_dates(leaf, at, "certificate")
         if is_weak_signature(leaf) and not self._is_anchor(leaf):
             raise WeakAlgorithm(f"certificate signed with SHA-1 or MD5 ({describe(leaf)})")
-
-        pool = [*untrusted, *self.intermediates]
-        ca_policy, ee_policy = _extension_policies()
-        verifier = (
-            verification.PolicyBuilder()
-            .store(self._store)
-            .time(at)
-            .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
-            .build_client_verifier()
-        )
-        try:
-            chain = tuple(verifier.verify(leaf, pool).chain)
-        except verification.VerificationError:
-            # The verifier's message quotes subjects (addresses included): say why ourselves.
-            self._diagnose(leaf, pool, at)
-            raise UntrustedSigner(f"no valid chain to a trust anchor ({describe(leaf)})") from None
-
+        _check_critical(leaf, ca=False)
+        bc = _extension(leaf, x509.BasicConstraints)
+        if bc is not None and bc.ca:  # a CA's key certifies others; it does not sign mail
+            raise CertificateUsageError(f"a CA certificate used as an end entity "
+                                        f"({describe(leaf)})")
+        pool = [c for c in (*untrusted, *self.intermediates) if c != leaf]
+        failures: list[GatewayError] = []
+        chain = self._path([leaf], pool, at, failures)
+        if chain is None:
+            # the most specific cause met on the way (a broken link beats a missing issuer)
+            raise failures[0] if failures else UntrustedSigner(
+                f"no issuer named {_name(leaf.issuer)!r} among the trust anchors and "
+                f"intermediates ({describe(leaf)})")
         for cert in chain[:-1]:
-            if is_weak_signature(cert):
-                raise WeakAlgorithm(f"certificate signed with SHA-1 or MD5 ({describe(cert)})")
             if is_weak_key(cert):
                 raise WeakAlgorithm(f"certificate key too short ({describe(cert)})")
+        _check_name_constraints(chain)
         _check_usage(leaf, purpose)
         for cert, issuer in itertools.pairwise(chain):
             self._check_revocation(cert, issuer)
         return chain
 
-    def _diagnose(
-        self, leaf: x509.Certificate, pool: Sequence[x509.Certificate], at: dt.datetime
-    ) -> None:
-        """After the verifier refused: find a precise reason along the naive issuer path."""
-        cert = leaf
-        for _ in range(_MAX_DIAGNOSTIC_DEPTH):
-            anchor = next((a for a in self.anchors if _directly_issued(cert, a)), None)
-            if anchor is not None:
+    def _path(self, path: list[x509.Certificate], pool: Sequence[x509.Certificate],
+              at: dt.datetime, failures: list[GatewayError]) -> tuple[x509.Certificate, ...] | None:
+        """Depth-first: extend ``path`` (leaf first) up to an anchor; None if no way leads."""
+        cert = path[-1]
+        for anchor in self.anchors:
+            if _directly_issued(cert, anchor):
                 if not _valid_at(anchor, at):
-                    raise ExpiredSigner(f"trust anchor not valid at that time ({describe(anchor)})")
-                return
-            issuer = next((c for c in pool if c is not cert and _directly_issued(cert, c)), None)
-            if issuer is None:
-                return
-            if not _valid_at(issuer, at):
-                raise ExpiredSigner(
-                    f"certificate in chain expired or not yet valid ({describe(issuer)})"
-                )
-            if is_weak_signature(issuer) and not self._is_anchor(issuer):
-                raise WeakAlgorithm(f"certificate signed with SHA-1 or MD5 ({describe(issuer)})")
-            cert = issuer
+                    failures.insert(0, ExpiredSigner(
+                        f"trust anchor {_dates(anchor, at)} ({describe(anchor)})"))
+                    continue
+                return (*path, anchor)
+        if len(path) > _MAX_PATH:
+            return None
+        for issuer in _by_hint(cert, pool):
+            if issuer in path or not _directly_issued(cert, issuer):
+                continue
+            problem = _intermediate_problem(issuer, path, at)
+            if problem is not None:
+                failures.insert(0, problem)
+                continue
+            found = self._path([*path, issuer], pool, at, failures)
+            if found is not None:
+                return found
+        if not failures:
+            failures.append(UntrustedSigner(
+                f"no issuer named {_name(cert.issuer)!r} among the trust anchors and "
+                f"intermediates ({describe(cert)})"))
+        return None
 
     def _check_revocation(self, cert: x509.Certificate, issuer: x509.Certificate) -> None:
         for crl in self.crls:
@@ -324,6 +324,117 @@ class _Validated:
     chain: tuple[x509.Certificate, ...]
     not_before: dt.datetime
     not_after: dt.datetime
+
+
+# Extensions understood here (RFC 5280 §4.2 and S/MIME's own); another one marked critical
+# means the certificate may be used only by software that understands it: refused.
+_KNOWN_EXTENSIONS = frozenset({
+    ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE, ExtensionOID.EXTENDED_KEY_USAGE,
+    ExtensionOID.SUBJECT_ALTERNATIVE_NAME, ExtensionOID.ISSUER_ALTERNATIVE_NAME,
+    ExtensionOID.NAME_CONSTRAINTS, ExtensionOID.CERTIFICATE_POLICIES,
+    ExtensionOID.POLICY_CONSTRAINTS, ExtensionOID.POLICY_MAPPINGS,
+    ExtensionOID.INHIBIT_ANY_POLICY, ExtensionOID.SUBJECT_KEY_IDENTIFIER,
+    ExtensionOID.AUTHORITY_KEY_IDENTIFIER, ExtensionOID.CRL_DISTRIBUTION_POINTS,
+    ExtensionOID.AUTHORITY_INFORMATION_ACCESS, ExtensionOID.SUBJECT_INFORMATION_ACCESS,
+    ExtensionOID.FRESHEST_CRL, ExtensionOID.SUBJECT_DIRECTORY_ATTRIBUTES,
+    x509.ObjectIdentifier("1.2.840.113549.1.9.15"),  # sMIMECapabilities (RFC 8551 §2.5.2)
+})
+
+
+def _dates(cert: x509.Certificate, at: dt.datetime) -> str:
+    if at < cert.not_valid_before_utc:
+        return f"not yet valid (from {cert.not_valid_before_utc:%Y-%m-%d})"
+    return f"expired on {cert.not_valid_after_utc:%Y-%m-%d}"
+
+
+def _check_dates(cert: x509.Certificate, at: dt.datetime, what: str) -> None:
+    if not _valid_at(cert, at):
+        raise ExpiredSigner(f"{what} {_dates(cert, at)} ({describe(cert)})")
+
+
+def _check_critical(cert: x509.Certificate, *, ca: bool) -> None:
+    role = "intermediate" if ca else "certificate"
+    for extension in cert.extensions:
+        if extension.critical and extension.oid not in _KNOWN_EXTENSIONS:
+            raise UntrustedSigner(f"unknown critical extension {extension.oid.dotted_string} "
+                                  f"on {role} ({describe(cert)})")
+
+
+def _by_hint(cert: x509.Certificate, pool: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    """Candidate issuers by name, those whose SKI matches the AKI first (a hint only)."""
+    named = [c for c in pool if c.subject == cert.issuer]
+    aki = _extension(cert, x509.AuthorityKeyIdentifier)
+    if aki is None or aki.key_identifier is None or len(named) < 2:
+        return named
+
+    def rank(candidate: x509.Certificate) -> int:
+        ski = _extension(candidate, x509.SubjectKeyIdentifier)
+        return 0 if ski is not None and ski.digest == aki.key_identifier else 1
+
+    return sorted(named, key=rank)
+
+
+def _intermediate_problem(issuer: x509.Certificate, path: Sequence[x509.Certificate],
+                          at: dt.datetime) -> GatewayError | None:
+    """Why ``issuer`` cannot sign for the ``path`` below it (RFC 5280 §6.1.4), or None."""
+    who = describe(issuer)
+    if not _valid_at(issuer, at):
+        return ExpiredSigner(f"intermediate certificate in chain {_dates(issuer, at)} ({who})")
+    if is_weak_signature(issuer):
+        return WeakAlgorithm(f"certificate signed with SHA-1 or MD5 ({who})")
+    try:
+        _check_critical(issuer, ca=True)
+    except UntrustedSigner as error:
+        return error
+    bc = _extension(issuer, x509.BasicConstraints)
+    if bc is None:
+        return UntrustedSigner(f"basicConstraints missing on intermediate ({who})")
+    if not bc.ca:
+        return UntrustedSigner(f"basicConstraints cA false on intermediate ({who})")
+    # intermediates between this one and the leaf (self-issued ones do not count)
+    below = sum(1 for c in path[1:] if c.subject != c.issuer)
+    if bc.path_length is not None and below > bc.path_length:
+        return UntrustedSigner(f"pathLenConstraint {bc.path_length} exceeded below "
+                               f"intermediate ({who})")
+    ku = _extension(issuer, x509.KeyUsage)
+    if ku is not None and not ku.key_cert_sign:
+        return UntrustedSigner(f"keyUsage without keyCertSign on intermediate ({who})")
+    return None
+
+
+def _check_name_constraints(chain: Sequence[x509.Certificate]) -> None:
+    """rfc822Name constraints of each CA (anchor included) over every certificate below it:
+    its rfc822Name SANs and its subject DN emailAddress values alike (RFC 5280 §4.2.1.10)."""
+    for index in range(len(chain) - 1, 0, -1):
+        constraints = _extension(chain[index], x509.NameConstraints)
+        if constraints is None:
+            continue
+        permitted = [n.value for n in constraints.permitted_subtrees or ()
+                     if isinstance(n, x509.RFC822Name)]
+        excluded = [n.value for n in constraints.excluded_subtrees or ()
+                    if isinstance(n, x509.RFC822Name)]
+        if not permitted and not excluded:
+            continue
+        for cert in chain[:index]:
+            san = _extension(cert, x509.SubjectAlternativeName)
+            names = list(san.get_values_for_type(x509.RFC822Name)) if san is not None else []
+            for address in [*names, *_dn_addresses(cert)]:
+                if any(_rfc822_within(address, c) for c in excluded) or (
+                        permitted and not any(_rfc822_within(address, c) for c in permitted)):
+                    raise UntrustedSigner(
+                        f"e-mail address outside the name constraints of "
+                        f"{describe(chain[index])} ({describe(cert)})")
+
+
+def _rfc822_within(address: str, constraint: str) -> bool:
+    """RFC 5280 §4.2.1.10: a mailbox, all mailboxes of a host, or of a domain (".example")."""
+    address, constraint = address.lower(), constraint.lower()
+    host = address.rpartition("@")[2]
+    if "@" in constraint:
+        return address == constraint
+    if constraint.startswith("."):
+        return host.endswith(constraint)
+    return host == constraint
 
 
 def _check_usage(leaf: x509.Certificate, purpose: Purpose) -> None:
@@ -354,3 +465,35 @@ def _check_usage(leaf: x509.Certificate, purpose: Purpose) -> None:
         allowed = False
     if not allowed:
         raise CertificateUsageError(f"key usage does not allow encryption ({describe(leaf)})")
+
+
+# --- what an operator configured that no chain can use ---------------------------------------
+
+
+def unusable_certificates(anchors: Sequence[x509.Certificate],
+                          intermediates: Sequence[x509.Certificate],
+                          at: dt.datetime) -> list[tuple[x509.Certificate, str]]:
+    """Anchors and intermediates that no chain as of ``at`` could go through, and why: an
+    anchor or intermediate that is no CA, expired or not yet valid; an intermediate with no
+    path to any anchor. For ``check-config``: a warning, since the file may still be right
+    tomorrow (a renewed intermediate, an anchor whose successor is not out yet)."""
+    when = _utc(at)
+    found: list[tuple[x509.Certificate, str]] = []
+    for anchor in anchors:
+        bc = _extension(anchor, x509.BasicConstraints)
+        if not _valid_at(anchor, when):
+            found.append((anchor, f"trust anchor {_dates(anchor, when)}"))
+        elif anchor.version is x509.Version.v3 and (bc is None or not bc.ca):
+            found.append((anchor, "trust anchor is not a CA (basicConstraints cA absent)"))
+    store = TrustStore(anchors=tuple(anchors))
+    for inter in intermediates:
+        problem = _intermediate_problem(inter, [inter], when)
+        if problem is not None:
+            found.append((inter, problem.reason.rsplit(" (", 1)[0]))
+            continue
+        failures: list[GatewayError] = []
+        others = [c for c in intermediates if c != inter]
+        if store._path([inter], others, when, failures) is None:
+            why = failures[0].reason.rsplit(" (", 1)[0] if failures else "no path"
+            found.append((inter, f"intermediate leads to no trust anchor: {why}"))
+    return found

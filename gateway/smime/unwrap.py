@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from cryptography import x509
 
+from gateway.config.addresses import lookup_key
 from gateway.config.settings import GatewaySettings, default_of
 from gateway.errors import LimitExceeded, MalformedError, NotEncrypted, NotSigned, SignerMismatch
 from gateway.smime import envelope, signature
@@ -37,7 +38,7 @@ from gateway.smime.mime import (
     split_signed,
 )
 from gateway.smime.model import Identity, Layer, LayerKind, Unwrapped, Verified
-from gateway.smime.trust import TrustStore
+from gateway.smime.trust import TrustStore, describe
 
 __all__ = ["check_from", "mailboxes", "seal", "single_address", "unwrap"]
 
@@ -131,8 +132,12 @@ def check_from(unwrapped: Unwrapped, outer_from: str) -> None:
     inner_from = parse_entity(unwrapped.content).get("From")
     if inner_from is not None and single_address(inner_from) != address:
         raise SignerMismatch("inner and outer From addresses differ")
-    if address not in {a.lower() for a in signer.addresses}:
-        raise SignerMismatch("From address is not an address of the signer's certificate")
+    if lookup_key(address) not in signer.addresses:
+        signed = sum(1 for layer in unwrapped.layers if layer.signer is not None)
+        wrapped = (f"; signed {signed} times: the innermost signature, the author's, counts"
+                   if signed > 1 else "")
+        raise SignerMismatch("From address is not an address of the signer's certificate "
+                             f"(signer {describe(signer.certificate)}{wrapped})")
 
 
 def single_address(value: str) -> str:

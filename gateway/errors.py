@@ -74,6 +74,10 @@ TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")
 COMMAND_UNRECOGNISED = Reply(500, "5.5.1", "Command not recognized")
 CLIENT_CLOSED = Reply(421, "4.4.2", "Connection closed by client, closing")
 NEED_RECIPIENT = Reply(503, "5.5.1", "Error: need RCPT command")
+STARTTLS_TOO_LATE = Reply(421, "4.7.0", "No STARTTLS in time, closing connection")
+SESSION_TOO_LONG = Reply(421, "4.4.2", "Session too long, closing connection")
+TOO_MANY_IDLE_COMMANDS = Reply(421, "4.7.0", "Too many commands without a message, closing")
+IDLE_SESSION_DROPPED = Reply(421, "4.7.0", "Listener full: idle connection closed")
 DATA_SYNTAX = Reply(501, "5.5.4", "Syntax: DATA")
 
 # next hop (gateway.transport.smtp_out): why a relay did not happen, or what the hop said

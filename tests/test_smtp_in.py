@@ -289,13 +289,72 @@ async def test_per_ip_session_limit(tls_in: TlsFiles) -> None:
 
 async def test_total_session_limit(tls_in: TlsFiles) -> None:
     async with listener(settings_for(tls_in, max_sessions=2), Recorder()) as port:
-        a = await connect(port, tls_in, starttls=False)
-        b = await connect(port, tls_in, starttls=False)
+        a = await connect(port, tls_in)  # in TLS: not idle plain sessions, nobody to drop
+        b = await connect(port, tls_in)
         with pytest.raises(aiosmtplib.SMTPConnectResponseError) as info:
             await connect(port, tls_in, starttls=False)
         assert info.value.code == 421
         a.close()
         b.close()
+
+
+async def test_idle_plain_sessions_are_dropped_first_when_full(tls_in: TlsFiles) -> None:
+    """Plain idle connections filled the listener (the attack: 240 of them, a NOOP every
+    20 s): a new client gets in, and the oldest idle plain one is told why and closed."""
+    async with listener(settings_for(tls_in, max_sessions=2), Recorder()) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert (await reader.readline()).startswith(b"220 ")
+        other = await connect(port, tls_in, starttls=False)  # idle and plain too
+        genuine = await connect(port, tls_in)  # full: the oldest idle plain one makes room
+        assert (await code_of(genuine.mail(SENDER)))[0] == 250
+        rest = await asyncio.wait_for(reader.read(), timeout=5)
+        assert rest == str(errors.IDLE_SESSION_DROPPED).encode() + b"\r\n"
+        genuine.close()
+        other.close()
+        writer.close()
+
+
+async def test_no_starttls_in_time_is_closed(tls_in: TlsFiles) -> None:
+    async with listener(settings_for(tls_in, starttls_seconds=0.3), Recorder()) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await reader.readline()
+        writer.write(b"EHLO client.example\r\n")
+        rest = await asyncio.wait_for(reader.read(), timeout=5)
+        writer.close()
+    assert rest.endswith(str(errors.STARTTLS_TOO_LATE).encode() + b"\r\n")
+    # in TLS in time: the same bound does not apply
+    async with listener(settings_for(tls_in, starttls_seconds=0.3), Recorder()) as port:
+        smtp = await connect(port, tls_in)
+        await asyncio.sleep(0.6)
+        assert (await code_of(smtp.noop()))[0] == 250
+        smtp.close()
+
+
+async def test_commands_without_a_message_are_bounded(tls_in: TlsFiles) -> None:
+    async with listener(settings_for(tls_in, max_idle_commands=3), Recorder()) as port:
+        smtp = await connect(port, tls_in)
+        for _ in range(3):
+            assert (await code_of(smtp.noop()))[0] == 250
+        code, text = await code_of(smtp.noop())
+        assert f"{code} {text}" == str(errors.TOO_MANY_IDLE_COMMANDS)
+        # a client that sends mail is not idle: MAIL resets the count
+        smtp = await connect(port, tls_in)
+        for _ in range(3):
+            await smtp.noop()
+            await smtp.rset()
+            assert (await code_of(smtp.mail(SENDER)))[0] == 250
+        smtp.close()
+
+
+async def test_session_lifetime_is_bounded(tls_in: TlsFiles) -> None:
+    """A NOOP now and then does not keep a session forever (one lived past 150 s)."""
+    async with listener(settings_for(tls_in, session_seconds=0.5, max_idle_commands=100),
+                        Recorder()) as port:
+        smtp = await connect(port, tls_in)
+        with pytest.raises(aiosmtplib.SMTPException):
+            for _ in range(20):
+                await smtp.noop()
+                await asyncio.sleep(0.1)
 
 
 async def test_rate_limit_per_sender(tls_in: TlsFiles) -> None:

@@ -71,6 +71,13 @@ class GatewaySettings:
     command_timeout_seconds: float = 60.0
     max_sessions: int = 100
     max_sessions_per_ip: int = 20
+    # A session that has not started TLS within this many seconds is closed (421): plain
+    # connections only hold a slot. Idle plain sessions are also the first dropped when the
+    # listener is full.
+    starttls_seconds: float = 30.0
+    session_seconds: float = 900.0  # any session is closed after this long (421)
+    # NOOP/RSET/HELP/VRFY without a message between them: 421 (Postfix smtpd_junk_command_limit)
+    max_idle_commands: int = 100
     rate_limit_per_minute: int = 120  # per envelope sender
     max_depth: int = 6  # MIME / S/MIME nesting
     # Messages up to this size are translated on the event loop (see Gateway._relay); bigger

@@ -55,6 +55,9 @@ class ListenerSettings:
     data_transfer_timeout: float = 600.0  # seconds for the client to send the content
     max_sessions: int = _G("max_sessions")
     max_sessions_per_ip: int = _G("max_sessions_per_ip")
+    starttls_seconds: float = _G("starttls_seconds")
+    session_seconds: float = _G("session_seconds")
+    max_idle_commands: int = _G("max_idle_commands")
     rate_limit_per_minute: int = _G("rate_limit_per_minute")  # per sender; 0: no limit
     pseudonym_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     pseudonymise: Callable[[str], str] | None = None  # default: keyed_pseudonym(pseudonym_key)

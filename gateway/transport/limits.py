@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from gateway.transport.inbound import ListenerSettings
@@ -42,22 +42,41 @@ class RateLimiter:
         return allowed
 
 
+class Evictable(Protocol):
+    """A session the listener may close to make room: idle, and not in TLS yet."""
+
+    def evictable(self) -> bool: ...
+    def evict(self) -> None: ...
+
+
 class ListenerState:
-    """Shared by the sessions of one listener: counters and the rate limiter."""
+    """Shared by the sessions of one listener: counters, the rate limiter, and the open
+    sessions oldest first (when the listener is full, an idle plain one makes room)."""
 
     def __init__(self, settings: ListenerSettings) -> None:
         self.settings = settings
         self.sessions = 0
         self.per_ip: collections.Counter[str] = collections.Counter()
         self.rate = RateLimiter(settings.rate_limit_per_minute, settings.clock)
+        self.open: dict[Evictable, None] = {}  # insertion order: oldest first
 
     def admit(self, ip: str) -> bool:
         s = self.settings
-        if self.sessions >= s.max_sessions or self.per_ip[ip] >= s.max_sessions_per_ip:
+        if self.per_ip[ip] >= s.max_sessions_per_ip:
+            return False
+        if self.sessions >= s.max_sessions and not self._make_room():
             return False
         self.sessions += 1
         self.per_ip[ip] += 1
         return True
+
+    def _make_room(self) -> bool:
+        """Close the oldest idle session that has not started TLS; False if there is none."""
+        victim = next((session for session in self.open if session.evictable()), None)
+        if victim is None:
+            return False
+        victim.evict()  # releases its slot at once
+        return self.sessions < self.settings.max_sessions
 
     def release(self, ip: str) -> None:
         self.sessions -= 1

@@ -51,6 +51,7 @@ from gateway.errors import (
     COMMAND_UNRECOGNISED,
     DATA_SYNTAX,
     DOWNSTREAM_DEFERRED,
+    IDLE_SESSION_DROPPED,
     LOCAL_ERROR,
     MALFORMED_ADDRESS,
     MESSAGE_TOO_BIG,
@@ -60,11 +61,14 @@ from gateway.errors import (
     RATE_LIMITED,
     RECIPIENT_OK,
     SENDER_OK,
+    SESSION_TOO_LONG,
     START_DATA,
     STARTTLS_REQUIRED,
+    STARTTLS_TOO_LATE,
     TEXT_LINE_TOO_LONG,
     TIMEOUT_CLOSING,
     TLS_ALREADY_ACTIVE,
+    TOO_MANY_IDLE_COMMANDS,
     TOO_MANY_RECIPIENTS,
     TOO_MANY_SESSIONS,
     GatewayError,
@@ -320,6 +324,8 @@ class _Session(SMTP):
         self._ip = ""
         self._opened = 0.0
         self._messages = 0
+        self._idle_commands = 0  # NOOP/RSET/HELP/VRFY since the last MAIL
+        self._timers: list[asyncio.TimerHandle] = []
 
     def _create_envelope(self) -> _Envelope:
         return _Envelope()
@@ -346,6 +352,7 @@ class _Session(SMTP):
             self._refused_session = not self._admitted
             if self._admitted:
                 log.info("session.open", network=self._state.settings.network, peer=self._ip)
+                self._start_bounds()
             else:
                 log.warning("session.refused", network=self._state.settings.network,
                             peer=self._ip, sessions=self._state.sessions)
@@ -365,7 +372,76 @@ class _Session(SMTP):
                         peer=real_ip, sessions=self._state.sessions)
         return self._admitted
 
+    # --- bounds on a session's life (a slot held by someone who sends no mail) ---
+
+    def _start_bounds(self) -> None:
+        s, loop = self._state.settings, asyncio.get_running_loop()
+        self._state.open[self] = None
+        self._timers.append(loop.call_later(s.session_seconds, self._close_with,
+                                            SESSION_TOO_LONG, "session_too_long"))
+        if s.require_starttls and s.ssl_context is not None:
+            self._timers.append(loop.call_later(s.starttls_seconds, self._check_tls_started))
+
+    def _check_tls_started(self) -> None:
+        if self._tls_protocol is None:
+            self._close_with(STARTTLS_TOO_LATE, "starttls_too_late")
+
+    def _close_with(self, reply: Reply, why: str) -> None:
+        transport: Any = self.transport
+        if transport is None or transport.is_closing():
+            return
+        log.warning("session.closed_by_bound", network=self._state.settings.network,
+                    peer=self._ip, bound=why)
+        transport.write(str(reply).encode("ascii") + _CRLF)
+        transport.close()
+
+    def evictable(self) -> bool:
+        """Idle and plain: no TLS yet, no transaction under way."""
+        return (self._admitted and self._tls_protocol is None
+                and not (self.envelope is not None and self.envelope.mail_from))
+
+    def evict(self) -> None:
+        """Make room for a new client: close now and give the slot back at once."""
+        self._close_with(IDLE_SESSION_DROPPED, "dropped_for_room")
+        self._release_slot()
+
+    def _release_slot(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self._state.open.pop(self, None)
+        if self._admitted:
+            self._admitted = False
+            self._state.release(self._ip)
+
+    async def _idle_command(self, command: str, arg: str | None) -> None:
+        self._idle_commands += 1
+        if self._idle_commands > self._state.settings.max_idle_commands:
+            self._close_with(TOO_MANY_IDLE_COMMANDS, "idle_commands")
+            return
+        await getattr(super(), f"smtp_{command}")(arg)
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str | None) -> None:
+        await self._idle_command("NOOP", arg)
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str | None) -> None:
+        await self._idle_command("RSET", arg)
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str | None) -> None:
+        await self._idle_command("HELP", arg)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str | None) -> None:
+        await self._idle_command("VRFY", arg)
+
     def connection_lost(self, error: Exception | None) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self._state.open.pop(self, None)
         if self._admitted:
             self._admitted = False
             self._state.release(self._ip)
@@ -427,6 +503,8 @@ class _Session(SMTP):
             await self.push(status)
             return
         await super().smtp_MAIL(arg)
+        if self.envelope is not None and self.envelope.mail_from:
+            self._idle_commands = 0  # a transaction: the client is sending mail
 
     @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str | None) -> None:

@@ -191,7 +191,8 @@ case("nested MAIL", "503", lambda w: [
     ex(f"MAIL FROM:<{JEAN}>\r\nMAIL FROM:<{JEAN}>\r\n".encode(), "250 2.1.0", "503")])
 case("RCPT before MAIL", "503", lambda w: [
     ex(f"RCPT TO:<{MARIE_ON_APICRYPT}>\r\n".encode(), "503")])
-case("300 NOOPs in one write", "250", lambda w: [ex(b"NOOP\r\n" * 300, *["250"] * 300)])
+case("300 NOOPs in one write: 100 answered, then closed", "421 4.7.0", lambda w: [
+    ex(b"NOOP\r\n" * 300, *["250"] * 100, "421 4.7.0", "closed")], closes=True)
 case("commands after QUIT in the same write", "closed", lambda w: [
     ex(f"QUIT\r\nMAIL FROM:<{JEAN}>\r\n".encode(), "221", "closed")], closes=True)
 case("five unknown commands: goodbye", "502 5.5.1", lambda w: [

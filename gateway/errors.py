@@ -55,6 +55,10 @@ MALFORMED = Reply(550, "5.6.0", "Malformed message content")
 DOWNSTREAM_DEFERRED = Reply(451, "4.4.0", "Next hop unavailable, try again later")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 RATE_LIMITED = Reply(451, "4.7.0", "Too many messages from this sender, slow down")
+# Every failure after an unauthenticated (CBC) decryption: padding, MIME, signature, policy
+# alike, so that the reply is no oracle on the plaintext (the log keeps the precise reason).
+CONTENT_REFUSED = Reply(550, "5.7.0", "Message could not be opened, verified or read")
+SUSPECT_HELD_OFF = Reply(451, "4.7.0", "Too many refused messages from this client, try later")
 
 # SMTP session (gateway.transport.smtp_in): the listener's own replies
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
@@ -212,6 +216,13 @@ class SignerCountError(SignatureError):
 
 class CertificateUsageError(SignatureError):
     """Key usage or extended key usage does not allow S/MIME signing."""
+
+
+class ContentRefused(SenderError):
+    """Any refusal after a CBC decryption, one reply for all (no padding oracle); ``reason``
+    keeps the precise cause for the log."""
+
+    reply = CONTENT_REFUSED
 
 
 class RecipientRefused(SenderError):

@@ -42,6 +42,12 @@ class Metrics:
         self.limits = Gauge("passerelle_limit", "Configured limits", ["name"], registry=r)
         self.cert_days = Gauge("passerelle_certificate_days_left",
                                "Days until a configured certificate expires", ["key"], registry=r)
+        self.content_refused = Counter(
+            "passerelle_content_refused", "Refusals after a CBC decryption (a padding-oracle "
+            "probe looks like many of these)", ["network"], registry=r)
+        self.suspects = Counter(
+            "passerelle_suspected_attacks", "Clients held off after too many refusals of "
+            "decrypted content", ["network"], registry=r)
         self.reloads = Counter("passerelle_reloads", "Configuration reloads", ["result"],
                                registry=r)
 

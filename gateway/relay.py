@@ -29,9 +29,11 @@ from gateway.translate.context import Runtime
 from gateway.translate.normalise import normalise
 from gateway.translate.pipeline import Translation, translate
 from gateway.transport.inbound import InboundMessage
+from gateway.transport.limits import RateLimiter
 from gateway.transport.smtp_out import DeliveryPool, NextHop
 
 log = structlog.get_logger("gateway.app")
+_MAX_SUSPECTS = 10_000
 
 
 @dataclass
@@ -81,6 +83,9 @@ class MessagePath:
         self.idle = asyncio.Event()  # set while no message is in flight
         self.idle.set()
         self._big_translation = asyncio.Semaphore(1)
+        # Clients probing decrypted content (a padding oracle needs thousands of queries).
+        self._refusals = RateLimiter(config.gateway.content_refusals_per_minute, time.monotonic)
+        self._suspects: dict[str, float] = {}  # client -> held until (monotonic)
 
     async def process(self, message: InboundMessage) -> errors.Reply:
         source = message.network
@@ -111,6 +116,11 @@ class MessagePath:
     async def _relay(self, message: InboundMessage, source: str, destination: str,
                      bound: structlog.typing.FilteringBoundLogger) -> errors.Reply:
         runtime = self.runtime  # one snapshot for the whole message (reload swaps it)
+        if self._held_off(message.peer):
+            message.release()
+            bound.warning("message.held_off", peer=message.peer,
+                          reply=errors.SUSPECT_HELD_OFF.code)
+            return errors.SUSPECT_HELD_OFF
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         at = dt.datetime.now(dt.UTC)
@@ -144,6 +154,8 @@ class MessagePath:
             bound.warning("translate.refused", error=exc.code, reason=exc.reason,
                           reply=exc.reply.code, size_in=size_in,
                           duration_ms=round((time.perf_counter() - t0) * 1000, 1))
+            if isinstance(exc, errors.ContentRefused):
+                self._count_refusal(message.peer, source, bound)
             return exc.reply
         finally:
             # the translation (or the refusal) is all that is needed now
@@ -180,6 +192,33 @@ class MessagePath:
         """QUIT the idle next-hop connections."""
         await asyncio.gather(*(pool.close() for pool in self._delivery.values()),
                              *self._retiring, return_exceptions=True)
+
+    # --- clients probing decrypted content -----------------------------------------------------
+
+    def _held_off(self, peer: str) -> bool:
+        until = self._suspects.get(peer)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        del self._suspects[peer]
+        return False
+
+    def _count_refusal(self, peer: str, network: str,
+                       bound: structlog.typing.FilteringBoundLogger) -> None:
+        """Count a refusal after decryption; past the limit, hold the client off."""
+        self.metrics.content_refused.labels(network).inc()
+        g = self.config.gateway
+        if g.content_refusals_per_minute <= 0 or self._refusals.allow(peer):
+            return
+        if len(self._suspects) >= _MAX_SUSPECTS:  # bounded: the oldest hold goes first
+            self._suspects.pop(next(iter(self._suspects)))
+        self._suspects[peer] = time.monotonic() + g.suspect_hold_seconds
+        self.metrics.suspects.labels(network).inc()
+        bound.warning("attack.suspected", peer=peer, network=network,
+                      kind="content refused after decryption",
+                      limit_per_minute=g.content_refusals_per_minute,
+                      hold_s=g.suspect_hold_seconds)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

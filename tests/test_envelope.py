@@ -628,7 +628,9 @@ def _cbc_padding_fails(cek: bytes, iv: bytes, ciphertext: bytes) -> bool:
 
 
 def test_v15_key_failures_are_indistinguishable(pki: Pki) -> None:
-    """Wrong key, bad PKCS#1 padding, wrong key length, bad CBC padding: one reason, one type."""
+    """Wrong key, bad PKCS#1 padding, wrong key length, bad CBC padding: no refusal of their
+    own. Each goes on with garbage as the content (a random key, the unpadded bytes), which the
+    pipeline then refuses with the one reply it gives after any CBC decryption."""
     der = encrypt(PAYLOAD, [pki.gateway.certificate])
     info = asn1_cms.ContentInfo.load(der)
     eci = info["content"]["encrypted_content_info"]
@@ -649,15 +651,13 @@ def test_v15_key_failures_are_indistinguishable(pki: Pki) -> None:
         "wrong key, bad CBC padding": public_key.encrypt(wrong_cek, asym_padding.PKCS1v15()),
         "empty": b"",
     }
-    reasons = set()
     for encrypted_key in encrypted_keys.values():
         def change(enveloped: asn1_cms.EnvelopedData, key: bytes = encrypted_key) -> None:
             _replace_ktri(enveloped, "encrypted_key", key)
 
-        with pytest.raises(NotForGateway) as caught:
-            decrypt(_rewrite(der, change), [pki.gateway.identity])
-        reasons.add(str(caught.value))
-    assert reasons == {"the message key could not be recovered with the gateway's key"}
+        content, layer = decrypt(_rewrite(der, change), [pki.gateway.identity])
+        assert content != PAYLOAD and len(content) >= len(ciphertext) - 16
+        assert layer.kind == "enveloped"
 
 
 # --- malformed input -------------------------------------------------------------------------

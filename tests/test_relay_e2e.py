@@ -10,17 +10,20 @@ import os
 import smtplib
 import ssl
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.app import Gateway
 from gateway.config import load_config
 from gateway.devpki import init_pki
 from gateway.translate.context import build_runtime
+from gateway.transport.limits import RateLimiter
 from tests.messages import (
     Pki,
     network_of,
@@ -124,6 +127,27 @@ def _send(rig: Rig, network: str, sender: str, rcpt: str, raw: bytes) -> tuple[i
         return client.data(raw)
 
 
+async def test_a_client_probing_decrypted_content_is_held_off(rig: Rig) -> None:
+    """A padding-oracle probe is thousands of messages refused after decryption: past the
+    limit, the client gets 451 4.7.0 without anything being decrypted, an attack.suspected
+    event and a metric; a genuine message from it waits for the hold to end."""
+    path = rig.gateway.path
+    path._refusals = RateLimiter(3, time.monotonic)  # three a minute, then the hold
+    forged = user_message(rig.pki, JEAN, MARIE_ON_APICRYPT, text_entity("x\n"),
+                          signer="labo.biolille@labo59.apicrypt.org")
+    with structlog.testing.capture_logs() as logs:
+        codes = [(await send(rig, JEAN, MARIE_ON_APICRYPT, forged))[:1] for _ in range(5)]
+        genuine = user_message(rig.pki, JEAN, MARIE_ON_APICRYPT, text_entity("x\n"))
+        held = await send(rig, JEAN, MARIE_ON_APICRYPT, genuine)
+    assert [c[0] for c in codes] == [550, 550, 550, 550, 451]
+    assert held[0] == 451 and held[1].startswith(b"4.7.0")
+    assert [e["event"] for e in logs].count("attack.suspected") == 1
+    assert any(e["event"] == "message.held_off" for e in logs)
+    assert b"passerelle_suspected_attacks_total" in rig.gateway.metrics.render()
+    path._suspects.clear()  # the hold ends: mail flows again
+    assert (await send(rig, JEAN, MARIE_ON_APICRYPT, genuine))[0] == 250
+
+
 async def send(rig: Rig, sender: str, rcpt: str, raw: bytes) -> tuple[int, bytes]:
     return await asyncio.to_thread(_send, rig, network_of(sender), sender, rcpt, raw)
 
@@ -191,12 +215,13 @@ async def test_refusals_at_the_envelope_and_at_data(rig: Rig) -> None:
     forged = user_message(rig.pki, JEAN, MARIE_ON_APICRYPT, text_entity("x\n"),
                           signer="labo.biolille@labo59.apicrypt.org")
     code, text = await send(rig, JEAN, MARIE_ON_APICRYPT, forged)
-    assert (code, text[:5]) == (550, b"5.7.7")
+    # after a CBC decryption every refusal is one reply (no padding oracle)
+    assert (code, text[:5]) == (550, b"5.7.0")
     # a revoked signer
     revoked = user_message(rig.pki, "revoque@medical59.apicrypt.org", MARIE_ON_APICRYPT,
                            text_entity("x\n"))
     code, text = await send(rig, "revoque@medical59.apicrypt.org", MARIE_ON_APICRYPT, revoked)
-    assert (code, text[:5]) == (550, b"5.7.7")
+    assert (code, text[:5]) == (550, b"5.7.0")
     # a clear (unencrypted) message
     code, text = await send(rig, JEAN, MARIE_ON_APICRYPT,
                             b"From: " + JEAN.encode() + b"\r\n\r\nhello\r\n")

@@ -91,6 +91,8 @@ def gateway(c: Checker, data: Mapping[str, Any]) -> GatewaySettings:
         max_idle_commands=count("max_idle_commands"),
         rate_limit_per_minute=count("rate_limit_per_minute"),
         max_depth=count("max_depth", maximum=100),
+        content_refusals_per_minute=count("content_refusals_per_minute", minimum=0),
+        suspect_hold_seconds=seconds("suspect_hold_seconds"),
         metrics_listen=host_port(c, table, "metrics_listen", p, required=False),
         mlockall=c.boolean(table, "mlockall", p, _G("mlockall")),
         translate_inline_bytes=count("translate_inline_bytes", minimum=0, maximum=1_048_576),

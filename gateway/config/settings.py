@@ -80,6 +80,11 @@ class GatewaySettings:
     max_idle_commands: int = 100
     rate_limit_per_minute: int = 120  # per envelope sender
     max_depth: int = 6  # MIME / S/MIME nesting
+    # A client whose messages are refused after decryption this many times in a minute is
+    # answered 451 4.7.0 for ``suspect_hold_seconds``, without decrypting (padding oracles need
+    # thousands of queries); 0 turns the hold off.
+    content_refusals_per_minute: int = 10
+    suspect_hold_seconds: float = 600.0
     # Messages up to this size are translated on the event loop (see Gateway._relay); bigger
     # ones in the thread pool. 0: every translation in the pool.
     translate_inline_bytes: int = 65_536

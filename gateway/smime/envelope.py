@@ -9,10 +9,12 @@ Rules kept here:
   (asn1crypto's own exceptions never escape), another CMS type is ``NotEncrypted``, no recipient
   info for our identities is ``NotForGateway``, an algorithm outside the allow-list (3DES, RC2,
   unknown OIDs) is ``UnsupportedAlgorithm``.
-* No Bleichenbacher oracle: after an RSA PKCS#1 v1.5 key transport, a key that does not unwrap,
-  a key of the wrong length, bad CBC padding and a bad GCM tag all end in the same
-  ``NotForGateway`` reason, and a failed unwrap continues with a random key so that the work done
-  does not depend on the padding either.
+* No Bleichenbacher and no padding oracle: a key that does not unwrap continues with a random
+  key, and bad CBC padding is not refused here: the decrypted bytes go on as content (they
+  will not parse or verify), so the work done and the answer do not depend on either; the
+  pipeline gives one reply to every failure after a CBC decryption
+  (``gateway.translate.pipeline``). A bad GCM tag is ``MalformedError`` (GCM is authenticated:
+  no oracle), a key of the wrong length ``NotForGateway``.
 * We seal with AES-256-CBC and RSA PKCS#1 v1.5 key transport, one recipient info per recipient
   (issuerAndSerialNumber): the combination every peer on both networks opens.
 """
@@ -345,7 +347,10 @@ def _decrypt_content(envelope: Envelope, cek: bytes) -> bytes | None:
     try:
         return unpadder.update(padded) + unpadder.finalize()
     except ValueError:
-        return None
+        # No padding oracle: bad padding is not a reply of its own. The bytes go on as the
+        # content, fail to parse or verify like any other garbage, and the pipeline answers
+        # every failure after an unauthenticated (CBC) decryption the same way.
+        return padded
 
 
 # --- encrypt ---------------------------------------------------------------------------------

@@ -154,13 +154,21 @@ def translate(
     if not recipients:
         raise errors.RecipientRefused("no routable recipient")
     outer = parse_entity(raw)
-    unwrapped = unwrap(raw, [source.identity], source.store, at, max_depth=max_depth)
-    signer = unwrapped.signer
-    if signer is None:  # unwrap(require_signed=True) guarantees it; keep the type honest
-        raise errors.NotSigned("no signature")
-
+    # Decided by the envelope, not by the content: before anything is decrypted.
     certificates = [recipient_certificate(destination, rcpt, at) for rcpt in recipients]
-    normalised = normalise(unwrapped.content, source, destination, signer, recipients)
+    opened: list[Layer] = []
+    try:
+        unwrapped = unwrap(raw, [source.identity], source.store, at, max_depth=max_depth,
+                           trace=opened)
+        signer = unwrapped.signer
+        if signer is None:  # unwrap(require_signed=True) guarantees it; keep the type honest
+            raise errors.NotSigned("no signature")
+        normalised = normalise(unwrapped.content, source, destination, signer, recipients)
+    except errors.SenderError as error:
+        if any(layer.kind == "enveloped" for layer in opened):
+            # CBC is not authenticated: a reply per cause would be a padding oracle.
+            raise errors.ContentRefused(f"{error.code}: {error.reason}") from None
+        raise
 
     from_address = _single_address(outer.get("From"))
     from_name = display_name(outer.get("From") or "")

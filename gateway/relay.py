@@ -134,7 +134,7 @@ class MessagePath:
                 recipients=list(message.routed_rcpts),
                 map_sender=functools.partial(runtime.reverse_sender, source),
                 at=at, hostname=self.config.gateway.hostname,
-                trace_id=message.trace_id, received_from=message.peer,
+                trace_id=message.trace_id,
                 normalise=functools.partial(normalise, at=at),
                 max_depth=self.config.gateway.max_depth,
             )

@@ -13,12 +13,14 @@ import contextlib
 import datetime as dt
 import email.header
 import email.utils
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
 
 from gateway import errors
+from gateway.config.addresses import lookup_key
 from gateway.smime.directory import CertificateDirectory
 from gateway.smime.mime import parse_entity
 from gateway.smime.model import Identity, Layer, Signer
@@ -101,19 +103,31 @@ def _single_address(value: str | None) -> str:
 
 
 def display_name(value: str) -> str:
-    """The display name of a ``Name <addr>`` From, unquoted; empty when there is none."""
+    """The display name of a ``Name <addr>`` From, unquoted and with its RFC 2047 encoded
+    words decoded (what a mail client will show); empty when there is none."""
     if "<" not in value:
         return ""
     name = value[: value.rfind("<")].strip()
     if len(name) >= 2 and name[0] == name[-1] == '"':
         name = name[1:-1]
+    try:
+        name = str(email.header.make_header(email.header.decode_header(name)))
+    except (ValueError, LookupError, UnicodeError):  # undecodable words: no name at all
+        return ""
     return name.strip()
+
+
+# "@" and its look-alikes (full-width, small): a name holding one reads as an address.
+_AT_SIGNS = frozenset("@\uff20\ufe6b")
 
 
 def _display(name: str, address: str) -> str:
     # A display name holding an address is the classic spoof ("boss@corp" <eve@corp>): the
-    # name is the sender's free text, only the address was verified. Drop such names.
-    if not name or "@" in name or "<" in name or not name.isprintable():
+    # name is the sender's free text, only the address was verified. Drop such names, judged
+    # as decoded (an encoded word can hide the "@") and after compatibility folding.
+    folded = unicodedata.normalize("NFKC", name)
+    if (not name or "<" in folded or not name.isprintable()
+            or any(c in _AT_SIGNS for c in name + folded)):
         return f"<{address}>"
     return email.utils.formataddr((name, address), charset="utf-8")
 
@@ -141,7 +155,6 @@ def translate(
     at: dt.datetime,
     hostname: str,
     trace_id: str,
-    received_from: str = "local",
     normalise: Normaliser = carry_over,
     max_depth: int = DEFAULT_MAX_DEPTH,
 ) -> Translation:
@@ -173,9 +186,10 @@ def translate(
     from_address = _single_address(outer.get("From"))
     from_name = display_name(outer.get("From") or "")
     headers: list[tuple[str, str]] = [
-        ("Received", f"from {received_from} by {hostname} with ESMTPS id {trace_id}; "
+        # Nothing of the other network: no client address, no real sender, no serial.
+        ("Received", f"from {source.name} by {hostname} with ESMTPS id {trace_id}; "
                      f"{email.utils.format_datetime(at)}"),
-        ("Authentication-Results", authentication_results(hostname, signer)),
+        ("Authentication-Results", authentication_results(hostname, map_sender(from_address))),
         ("From", _display(from_name, map_sender(from_address))),
         # RFC 8551 §3: the signer must match From or Sender; the gateway signs, so it is
         # the Sender, and the author stays in From for replies to route back.
@@ -190,10 +204,12 @@ def translate(
         headers.append(("Date", email.utils.format_datetime(at)))
     dnt = outer.get("Disposition-Notification-To")
     if dnt is not None:
-        # an MDN request we cannot route back is dropped, not fatal
+        # Kept only when it asks the receipt for the signer (else anyone could make the
+        # recipient's software mail a third party); one we cannot route back is dropped.
         with contextlib.suppress(errors.GatewayError):
-            headers.append(("Disposition-Notification-To",
-                            f"<{map_sender(_single_address(dnt))}>"))
+            asked = _single_address(dnt)
+            if lookup_key(asked) in signer.addresses:
+                headers.append(("Disposition-Notification-To", f"<{map_sender(asked)}>"))
     headers.extend(normalised.headers)
     headers.append(("MIME-Version", "1.0"))
 
@@ -211,9 +227,7 @@ def translate(
     return Translation(sealed, mail_from, tuple(recipients), signer, unwrapped.layers, facts)
 
 
-def authentication_results(hostname: str, signer: Signer) -> str:
-    """RFC 8601 syntax with the ``smime`` method of RFC 7281."""
-    identifier = min(signer.addresses) if signer.addresses else "unknown"
-    serial = format(signer.certificate.serial_number, "x")
-    return (f"{hostname}; smime=pass body.smime-identifier={identifier} "
-            f"body.smime-serial={serial}")
+def authentication_results(hostname: str, identifier: str) -> str:
+    """RFC 8601 syntax with the ``smime`` method of RFC 7281; the identifier is the signer's
+    address as the destination network knows it (its alias), never the real one."""
+    return f"{hostname}; smime=pass body.smime-identifier={identifier}"

@@ -22,11 +22,11 @@ from gateway.smime.mime import parse_entity
 
 __all__ = ["DSN_SUBJECT", "ORIGINAL_FIELDS", "Dsn", "build_dsn"]
 
-# The original's fields copied into the report: who, when, which message -- what a sender
-# needs to recognise it. (The Subject is the sender's own text and the DSN is encrypted for
-# that sender only.)
-ORIGINAL_FIELDS = ("From", "To", "Cc", "Date", "Subject", "Message-ID", "In-Reply-To",
-                   "References")
+# The original's fields copied into the report: the Message-ID alone. Everything else of the
+# original (From, Subject, To...) is the sender's free text, and a report to an address it
+# merely claimed would carry that text to someone else: the Message-ID is enough for the
+# sender's software to find its message.
+ORIGINAL_FIELDS = ("Message-ID",)
 MAX_ORIGINAL_HEADERS = 16 * 1024  # bytes of copied header fields
 MAX_FIELD = 900  # characters per copied field value (a line stays under 998)
 MAX_RECIPIENTS = 100

@@ -1,0 +1,84 @@
+"""What the re-sealed message's clear headers say about who wrote it, and what they leak.
+
+Through the whole pipeline (``translate_file``) on the development PKI, opened by the
+recipient with the OpenSSL CLI: display names are judged as a mail client shows them (RFC 2047
+decoded, look-alike "@"), nothing of the source network (client address, real address,
+certificate serial) is written in clear, and a receipt request is kept only for the signer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config
+from gateway.devpki import init_pki
+from gateway.translate.context import build_runtime
+from gateway.translate.offline import translate_file
+from tests.messages import Pki, text_entity, user_message
+
+JEAN = "jean.dupont@medical59.apicrypt.org"
+MARIE_ON_APICRYPT = "marie.curie.mssante@passerelle.apicrypt.org"
+JEAN_ON_MSSANTE = "jean.dupont.apicrypt@passerelle.mssante.fr"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pki, object, object]:
+    root = tmp_path_factory.mktemp("headers") / "pki"
+    init_pki(root)
+    config = load_config(root / "gateway.toml")
+    return Pki(root), config, build_runtime(config)
+
+
+def resealed_headers(world: tuple[Pki, object, object], from_line: str,
+                     extra: str = "") -> bytes:
+    pki, config, runtime = world
+    raw = user_message(pki, JEAN, MARIE_ON_APICRYPT, text_entity("INR 2,2\n"),
+                       extra_headers=extra)
+    raw = raw.replace(f"From: {JEAN}\r\n".encode(), f"From: {from_line}\r\n".encode(), 1)
+    out = translate_file(config, runtime, raw, source="apicrypt",  # type: ignore[arg-type]
+                         at=dt.datetime.now(dt.UTC))
+    return out.raw.partition(b"\r\n\r\n")[0]
+
+
+def from_of(headers: bytes) -> bytes:
+    return next(line for line in headers.split(b"\r\n") if line.startswith(b"From:"))
+
+
+@pytest.mark.parametrize("name", [
+    '"marie.curie@hopital-test.mssante.fr"',            # an address as the name
+    "=?utf-8?q?marie.curie=40hopital-test.mssante.fr?=",  # the same, RFC 2047 encoded
+    '"marie.curie＠hopital-test.mssante.fr"',            # full-width commercial at
+    "=?utf-8?b?bWFyaWXvvKBob3BpdGFs?=",                  # full-width at, base64-encoded
+])
+def test_a_display_name_holding_an_address_is_dropped(world: tuple[Pki, object, object],
+                                                      name: str) -> None:
+    line = from_of(resealed_headers(world, f"{name} <{JEAN}>"))
+    assert line == f"From: <{JEAN_ON_MSSANTE}>".encode()
+
+
+def test_an_honest_display_name_is_kept(world: tuple[Pki, object, object]) -> None:
+    line = from_of(resealed_headers(world, f"=?utf-8?q?Dr_Jean_Dupont?= <{JEAN}>"))
+    assert b"Dr Jean Dupont" in line and JEAN_ON_MSSANTE.encode() in line
+
+
+def test_nothing_of_the_source_network_in_clear(world: tuple[Pki, object, object]) -> None:
+    headers = resealed_headers(world, JEAN)
+    pki, _, _ = world
+    from cryptography import x509
+    cert = x509.load_pem_x509_certificate(Path(pki.user_cert(JEAN)).read_bytes())
+    assert JEAN.encode() not in headers  # the real address: only its alias is written
+    assert format(cert.serial_number, "x").encode() not in headers
+    assert b"127.0.0.1" not in headers and b"smime-serial" not in headers
+    assert f"body.smime-identifier={JEAN_ON_MSSANTE}".encode() in headers
+
+
+def test_a_receipt_request_is_kept_only_for_the_signer(
+        world: tuple[Pki, object, object]) -> None:
+    own = resealed_headers(world, JEAN, f"Disposition-Notification-To: {JEAN}\r\n")
+    assert f"Disposition-Notification-To: <{JEAN_ON_MSSANTE}>".encode() in own
+    other = resealed_headers(
+        world, JEAN, "Disposition-Notification-To: secretariat@cabinet12.apicrypt.org\r\n")
+    assert b"Disposition-Notification-To" not in other

@@ -73,11 +73,16 @@ from typing import Any, TypeVar
 import structlog
 
 from gateway.errors import (
+    CONTENT_REFUSED,
+    CRYPTO_UNSUPPORTED,
     DOWNSTREAM_DEFERRED,
     LOCAL_ERROR,
+    MALFORMED,
     MESSAGE_TOO_BIG,
+    NOT_ENCRYPTED,
     RECIPIENT_NOT_ALLOWED,
     SENDER_NOT_ALLOWED,
+    SIGNATURE_REFUSED,
     GatewayError,
     Reply,
 )
@@ -114,6 +119,9 @@ CheckSender = Callable[[str], object]  # raises GatewayError
 RouteRecipient = Callable[[str], str]  # raises GatewayError
 
 MAX_ADDRESS_HEADER = 16 * 1024
+# Refusals given before (or instead of) a verified signature: no DSN to the claimed sender.
+UNVERIFIED_REFUSALS = frozenset({CONTENT_REFUSED, SIGNATURE_REFUSED, NOT_ENCRYPTED,
+                                 CRYPTO_UNSUPPORTED, MALFORMED})
 _RNG = random.SystemRandom()  # jitter and shuffling only
 
 
@@ -477,6 +485,12 @@ class ImapPoller:
         if envelope.sender is None or self.bounce is None:
             bound.warning("imap.dsn_skipped", reason="no acceptable sender" if
                           envelope.sender is None else "no bouncer", reply=reply.code)
+            return True
+        if reply in UNVERIFIED_REFUSALS:
+            # The signature did not verify (or could not be reached): From is only a claim,
+            # and a report to it would send mail to whoever the attacker named.
+            bound.warning("imap.dsn_skipped", reason="sender not verified", reply=reply.code,
+                          status=reply.status)
             return True
         verdict = await self.bounce.send(raw, sender=envelope.sender,
                                          recipients=envelope.recipients, reply=reply,

@@ -82,3 +82,31 @@ def test_a_receipt_request_is_kept_only_for_the_signer(
     other = resealed_headers(
         world, JEAN, "Disposition-Notification-To: secretariat@cabinet12.apicrypt.org\r\n")
     assert b"Disposition-Notification-To" not in other
+
+
+def test_a_bcc_recipient_is_never_written_in_the_headers(
+        world: tuple[Pki, object, object]) -> None:
+    """To names Marie; the envelope also has the cardiology secretariat (a Bcc): the relayed
+    headers name Marie only, mapped, and never the Bcc."""
+    pki, config, runtime = world
+    secretariat = "secretariat.cardio.mssante@passerelle.apicrypt.org"
+    raw = user_message(pki, JEAN, MARIE_ON_APICRYPT, text_entity("INR 2,2\n"))
+    out = translate_file(config, runtime, raw, source="apicrypt",  # type: ignore[arg-type]
+                         recipients=[MARIE_ON_APICRYPT, secretariat],
+                         at=dt.datetime.now(dt.UTC))
+    headers = out.raw.partition(b"\r\n\r\n")[0]
+    assert b"To: <marie.curie@hopital-test.mssante.fr>" in headers
+    assert b"secretariat" not in headers
+    assert len(out.recipients) == 2  # both get the message
+
+
+def test_only_bcc_recipients_get_undisclosed_recipients(
+        world: tuple[Pki, object, object]) -> None:
+    pki, config, runtime = world
+    secretariat = "secretariat.cardio.mssante@passerelle.apicrypt.org"
+    raw = user_message(pki, JEAN, MARIE_ON_APICRYPT, text_entity("INR 2,2\n"))
+    out = translate_file(config, runtime, raw, source="apicrypt",  # type: ignore[arg-type]
+                         recipients=[secretariat], at=dt.datetime.now(dt.UTC))
+    headers = out.raw.partition(b"\r\n\r\n")[0]
+    assert b"To: undisclosed-recipients:;" in headers and b"secretariat" not in headers
+    assert b"marie" not in headers  # not a recipient of this copy

@@ -16,6 +16,7 @@ import email.utils
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography import x509
 
@@ -25,7 +26,7 @@ from gateway.smime.directory import CertificateDirectory
 from gateway.smime.mime import parse_entity
 from gateway.smime.model import Identity, Layer, Signer
 from gateway.smime.trust import TrustStore, email_addresses
-from gateway.smime.unwrap import DEFAULT_MAX_DEPTH, seal, single_address, unwrap
+from gateway.smime.unwrap import DEFAULT_MAX_DEPTH, mailboxes, seal, single_address, unwrap
 
 # Headers carried over from the received message as they are (Subject stays what the sender
 # wrote; thread headers keep conversations together on the other side).
@@ -117,6 +118,7 @@ def display_name(value: str) -> str:
     return name.strip()
 
 
+_MAX_ADDRESS_FIELD = 16 * 1024  # To/Cc values longer than this are not read for addressees
 # "@" and its look-alikes (full-width, small): a name holding one reads as an address.
 _AT_SIGNS = frozenset("@\uff20\ufe6b")
 
@@ -152,6 +154,7 @@ def translate(
     mail_from: str,
     recipients: Sequence[str],
     map_sender: Callable[[str], str],
+    map_recipient: Callable[[str], str] | None = None,
     at: dt.datetime,
     hostname: str,
     trace_id: str,
@@ -194,7 +197,7 @@ def translate(
         # RFC 8551 §3: the signer must match From or Sender; the gateway signs, so it is
         # the Sender, and the author stays in From for replies to route back.
         ("Sender", f"<{min(email_addresses(destination.identity.certificate))}>"),
-        ("To", ", ".join(f"<{r}>" for r in recipients)),
+        *_addressees(outer, recipients, map_recipient),
     ]
     for name in _CARRIED:
         value = outer.get(name)
@@ -225,6 +228,26 @@ def translate(
         **normalised.facts,
     }
     return Translation(sealed, mail_from, tuple(recipients), signer, unwrapped.layers, facts)
+
+
+def _addressees(outer: Any, recipients: Sequence[str],
+                map_recipient: Callable[[str], str] | None) -> list[tuple[str, str]]:
+    """To and Cc as the author wrote them, mapped, and only for recipients of this copy: an
+    envelope recipient named in neither (a Bcc) is never written where the others read it."""
+    if map_recipient is None:  # no routing at hand (offline tools): the envelope, as To
+        return [("To", ", ".join(f"<{r}>" for r in recipients))]
+    out: list[tuple[str, str]] = []
+    for name in ("To", "Cc"):
+        mapped: list[str] = []
+        for value in outer.get_all(name):
+            for address in mailboxes(value) if len(value) <= _MAX_ADDRESS_FIELD else []:
+                with contextlib.suppress(errors.GatewayError):
+                    target = map_recipient(address)
+                    if target in recipients and target not in mapped:
+                        mapped.append(target)
+        if mapped:
+            out.append((name, ", ".join(f"<{r}>" for r in mapped)))
+    return out or [("To", "undisclosed-recipients:;")]
 
 
 def authentication_results(hostname: str, identifier: str) -> str:

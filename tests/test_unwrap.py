@@ -403,6 +403,20 @@ def test_inner_from_must_agree(pki: Pki) -> None:
     assert open_for(pki, sealed).content == inner
 
 
+def test_a_signed_message_rfc822_must_be_from_the_signer(pki: Pki) -> None:
+    """Alice signs a whole message/rfc822 that says it is from Bob: a client shows Bob as its
+    author. Refused (before the fix it was relayed as Alice's, Bob's text inside)."""
+    wrapped = (b"Content-Type: message/rfc822\r\n\r\n"
+               + f"From: {BOB}\r\nSubject: r\u00e9sultat\r\n".encode() + CONTENT)
+    sealed = seal(wrapped, pki.alice.identity, [pki.gateway.cert], headers())
+    with pytest.raises(SignerMismatch, match="message/rfc822"):
+        open_for(pki, sealed)
+    honest = (b"Content-Type: message/rfc822\r\n\r\n"
+              + f"From: Alice <{ALICE}>\r\nSubject: x\r\n".encode() + CONTENT)
+    sealed = seal(honest, pki.alice.identity, [pki.gateway.cert], headers())
+    assert open_for(pki, sealed).content == honest
+
+
 def test_check_from_directly(pki: Pki) -> None:
     sealed = seal(CONTENT, pki.alice.identity, [pki.gateway.cert], headers())
     result = open_for(pki, sealed)

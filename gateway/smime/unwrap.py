@@ -129,9 +129,17 @@ def check_from(unwrapped: Unwrapped, outer_from: str) -> None:
     if signer is None:
         raise NotSigned("message is not signed")
     address = single_address(outer_from)
-    inner_from = parse_entity(unwrapped.content).get("From")
+    inner = parse_entity(unwrapped.content)
+    inner_from = inner.get("From")
     if inner_from is not None and single_address(inner_from) != address:
         raise SignerMismatch("inner and outer From addresses differ")
+    if inner.content_type[0] == "message/rfc822":
+        # A whole message signed: its own From is what a client shows as the author, so it
+        # must be the signer too (else Eve signs a message "from" Jean and forwards it).
+        wrapped_from = parse_entity(inner.body).get("From")
+        if wrapped_from is None or single_address(wrapped_from) != address:
+            raise SignerMismatch("the signed message/rfc822 is from another address than "
+                                 "the signer")
     if lookup_key(address) not in signer.addresses:
         signed = sum(1 for layer in unwrapped.layers if layer.signer is not None)
         wrapped = (f"; signed {signed} times: the innermost signature, the author's, counts"

@@ -118,6 +118,13 @@ FROM_CASES = {
     "upper-case From": (JEAN.upper().encode(), "250 2.0.0"),
     "quoted display name holding another address": (
         b'"' + LABO.encode() + b'" <' + JEAN.encode() + b">", "250 2.0.0"),
+    # identity: names that read as another address once decoded or folded
+    "display name: an address in an encoded word": (
+        b"=?utf-8?q?" + LABO.encode().replace(b"@", b"=40") + b"?= <" + JEAN.encode() + b">",
+        "250 2.0.0"),
+    "display name: a full-width at sign": (
+        '"labo.biolille＠labo59.apicrypt.org" <'.encode() + JEAN.encode() + b">",
+        "250 2.0.0"),
 }
 for _name, (_from, _expected) in FROM_CASES.items():
     if _name == "From missing":
@@ -127,7 +134,7 @@ for _name, (_from, _expected) in FROM_CASES.items():
     else:
         _head = _std(sender=_from)
     _check = None
-    if _name.startswith(("quoted display", "group")):
+    if _name.startswith(("quoted display", "group", "display name:")):
         _check = _relayed_from(b"<jean.dupont.apicrypt@passerelle.mssante.fr>")
     case(_name, _expected, _with_head(_head), check=_check)
 
@@ -154,6 +161,9 @@ case("References with 2000 message ids", "250 2.0.0", _with_head(_std(
     b"References: " + b"\r\n ".join(b"<r%d@example.test>" % i for i in range(2000)) + CRLF)))
 case("notification request to a foreign address", "250 2.0.0", _with_head(_std(
     b"Disposition-Notification-To: <victim@evil.example>\r\n")),
+     check=_no_field(b"Disposition-Notification-To"))
+case("notification request to a colleague of the signer", "250 2.0.0", _with_head(_std(
+    b"Disposition-Notification-To: <" + LABO.encode() + b">\r\n")),
      check=_no_field(b"Disposition-Notification-To"))
 
 
@@ -242,7 +252,8 @@ case("2,000-deep multipart nesting", "550 5.6.0", _inner(lambda: _nested(2_000))
 case("21-deep multipart nesting", "550 5.6.0", _inner(lambda: _nested(21)))
 case("19-deep multipart nesting", "250 2.0.0", _inner(lambda: _nested(19)),
      check=_text_kept(1))
-case("30 nested message/rfc822", "550 5.6.0", _inner(lambda: _rfc822(30)))
+# a signed message/rfc822 must name the signer in its own From: this one has none
+case("30 nested message/rfc822", "550 5.7.7", _inner(lambda: _rfc822(30)))
 case("600-part digest (implicit message/rfc822)", "550 5.6.0", _inner(lambda: _parts(
     600).replace(b"multipart/mixed", b"multipart/digest", 1)))
 case("40,000 addresses in an inner To", "550 5.6.0", _inner(lambda: (

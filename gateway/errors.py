@@ -206,6 +206,10 @@ class WeakAlgorithm(SignatureError):
     """SHA-1 or another refused digest / signature algorithm."""
 
 
+class SignatureTooOld(SignatureError):
+    """The signingTime is older than ``max_signing_age``: an old message replayed."""
+
+
 class SignerMismatch(SignatureError):
     """The From address is not an address of the signer's certificate."""
 

@@ -140,6 +140,7 @@ class MessagePath:
                 trace_id=message.trace_id,
                 normalise=functools.partial(normalise, at=at),
                 max_depth=self.config.gateway.max_depth,
+                max_signing_age=self.config.gateway.max_signing_age,
             )
             if size_in <= self.config.gateway.translate_inline_bytes:
                 # A small message (a few ms of CPU) is translated right here: handing it to a

@@ -8,11 +8,13 @@ certificate serial) is written in clear, and a receipt request is kept only for 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
 import pytest
 
+from gateway import errors
 from gateway.config import load_config
 from gateway.devpki import init_pki
 from gateway.translate.context import build_runtime
@@ -110,3 +112,47 @@ def test_only_bcc_recipients_get_undisclosed_recipients(
     headers = out.raw.partition(b"\r\n\r\n")[0]
     assert b"To: undisclosed-recipients:;" in headers and b"secretariat" not in headers
     assert b"marie" not in headers  # not a recipient of this copy
+
+
+def _inner(to: str, subject: str = "Résultat protégé") -> bytes:
+    """An entity carrying protected headers inside the signature (RFC 9788 style)."""
+    return (f"To: {to}\r\nSubject: {subject}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            "\r\nINR 2,2\r\n").encode()
+
+
+def test_a_signed_message_sent_on_to_another_recipient_is_refused(
+        world: tuple[Pki, object, object]) -> None:
+    """Written (and signed) for Marie, replayed to the cardiology secretariat: refused. Under
+    the one reply after a CBC decryption, the cause is in the reason."""
+    pki, config, runtime = world
+    raw = user_message(pki, JEAN, MARIE_ON_APICRYPT, _inner(MARIE_ON_APICRYPT))
+    secretariat = "secretariat.cardio.mssante@passerelle.apicrypt.org"
+    with pytest.raises(errors.ContentRefused, match="SignerMismatch: an envelope recipient"):
+        translate_file(config, runtime, raw, source="apicrypt",  # type: ignore[arg-type]
+                       recipients=[secretariat], at=dt.datetime.now(dt.UTC))
+    # to the recipient it was written for: relayed, and the protected Subject wins
+    out = translate_file(config, runtime, raw, source="apicrypt",  # type: ignore[arg-type]
+                         recipients=[MARIE_ON_APICRYPT], at=dt.datetime.now(dt.UTC))
+    headers = out.raw.partition(b"\r\n\r\n")[0]
+    assert b"Subject: =?utf-8?" in headers and b"Subject: R\xc3" not in headers
+    assert "Résultat protégé".encode() in _decoded_subject(headers)
+
+
+def _decoded_subject(headers: bytes) -> bytes:
+    import email.header
+    line = next(h for h in headers.split(b"\r\n") if h.startswith(b"Subject:"))
+    return str(email.header.make_header(email.header.decode_header(
+        line[9:].decode()))).encode()
+
+
+def test_max_signing_age_refuses_an_old_signature(world: tuple[Pki, object, object]) -> None:
+    pki, config, runtime = world
+    strict = dataclasses.replace(config, gateway=dataclasses.replace(  # type: ignore[type-var]
+        config.gateway, max_signing_age_days=30))  # type: ignore[attr-defined]
+    raw = user_message(pki, JEAN, MARIE_ON_APICRYPT, text_entity("INR 2,2\n"))
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=40)
+    with pytest.raises(errors.ContentRefused, match="SignatureTooOld: signed 4"):
+        translate_file(strict, runtime, raw, source="apicrypt",  # type: ignore[arg-type]
+                       at=later)
+    assert translate_file(strict, runtime, raw, source="apicrypt",  # type: ignore[arg-type]
+                          at=dt.datetime.now(dt.UTC) + dt.timedelta(days=29)).raw

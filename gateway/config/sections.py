@@ -92,6 +92,7 @@ def gateway(c: Checker, data: Mapping[str, Any]) -> GatewaySettings:
         rate_limit_per_minute=count("rate_limit_per_minute"),
         max_depth=count("max_depth", maximum=100),
         content_refusals_per_minute=count("content_refusals_per_minute", minimum=0),
+        max_signing_age_days=count("max_signing_age_days", minimum=0),
         suspect_hold_seconds=seconds("suspect_hold_seconds"),
         metrics_listen=host_port(c, table, "metrics_listen", p, required=False),
         mlockall=c.boolean(table, "mlockall", p, _G("mlockall")),

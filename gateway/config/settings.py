@@ -83,11 +83,19 @@ class GatewaySettings:
     # A client whose messages are refused after decryption this many times in a minute is
     # answered 451 4.7.0 for ``suspect_hold_seconds``, without decrypting (padding oracles need
     # thousands of queries); 0 turns the hold off.
+    # Refuse a signature whose signingTime is older than this many days (a replayed message);
+    # 0: no limit.
+    max_signing_age_days: int = 0
     content_refusals_per_minute: int = 10
     suspect_hold_seconds: float = 600.0
     # Messages up to this size are translated on the event loop (see Gateway._relay); bigger
     # ones in the thread pool. 0: every translation in the pool.
     translate_inline_bytes: int = 65_536
+
+    @property
+    def max_signing_age(self) -> dt.timedelta | None:
+        days = self.max_signing_age_days
+        return dt.timedelta(days=days) if days else None
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,7 @@ def translate(
     trace_id: str,
     normalise: Normaliser = carry_over,
     max_depth: int = DEFAULT_MAX_DEPTH,
+    max_signing_age: dt.timedelta | None = None,
 ) -> Translation:
     """Open, verify, normalise and re-seal ``raw`` for ``recipients`` on ``destination``.
 
@@ -179,6 +180,9 @@ def translate(
         signer = unwrapped.signer
         if signer is None:  # unwrap(require_signed=True) guarantees it; keep the type honest
             raise errors.NotSigned("no signature")
+        _check_signing_age(signer, at, max_signing_age)
+        protected = parse_entity(unwrapped.content)
+        _check_protected_recipients(protected, recipients, map_recipient)
         normalised = normalise(unwrapped.content, source, destination, signer, recipients)
     except errors.SenderError as error:
         if any(layer.kind == "enveloped" for layer in opened):
@@ -197,10 +201,12 @@ def translate(
         # RFC 8551 §3: the signer must match From or Sender; the gateway signs, so it is
         # the Sender, and the author stays in From for replies to route back.
         ("Sender", f"<{min(email_addresses(destination.identity.certificate))}>"),
-        *_addressees(outer, recipients, map_recipient),
+        # protected To/Cc (in the signed part, RFC 9788) win over the outer, unprotected ones
+        *_addressees(protected if _protects_recipients(protected) else outer, recipients,
+                     map_recipient),
     ]
     for name in _CARRIED:
-        value = outer.get(name)
+        value = protected.get(name) or outer.get(name)
         if value is not None:
             headers.append((name, ascii_header(value)))
     if outer.get("Date") is None:
@@ -248,6 +254,42 @@ def _addressees(outer: Any, recipients: Sequence[str],
         if mapped:
             out.append((name, ", ".join(f"<{r}>" for r in mapped)))
     return out or [("To", "undisclosed-recipients:;")]
+
+
+def _check_signing_age(signer: Signer, at: dt.datetime, limit: dt.timedelta | None) -> None:
+    """``max_signing_age``: an old signature replayed today is refused (no signingTime: no
+    claim to judge, the certificate's validity still applies)."""
+    if limit is None or signer.signing_time is None:
+        return
+    signed = dt.datetime.fromisoformat(signer.signing_time)
+    if signed.tzinfo is None:
+        signed = signed.replace(tzinfo=dt.UTC)
+    if at - signed > limit:
+        raise errors.SignatureTooOld(
+            f"signed {(at - signed).days} days ago, over max_signing_age "
+            f"({limit.days} days)")
+
+
+def _protects_recipients(entity: Any) -> bool:
+    return any(entity.get(name) is not None for name in ("To", "Cc", "Bcc"))
+
+
+def _check_protected_recipients(entity: Any, recipients: Sequence[str],
+                                map_recipient: Callable[[str], str] | None) -> None:
+    """When the signed part names its recipients (header protection, RFC 9788 / RFC 8551
+    §3.1), every envelope recipient must be one of them: else the signed message is being
+    replayed to someone its author did not write to."""
+    if map_recipient is None or not _protects_recipients(entity):
+        return
+    named: set[str] = set()
+    for name in ("To", "Cc", "Bcc"):
+        for value in entity.get_all(name):
+            for address in mailboxes(value) if len(value) <= _MAX_ADDRESS_FIELD else []:
+                with contextlib.suppress(errors.GatewayError):
+                    named.add(map_recipient(address))
+    if any(rcpt not in named for rcpt in recipients):
+        raise errors.SignerMismatch("an envelope recipient is not among the signed To/Cc/Bcc "
+                                    "(a signed message sent on to someone else)")
 
 
 def authentication_results(hostname: str, identifier: str) -> str:

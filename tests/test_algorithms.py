@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import subprocess
+from pathlib import Path
 
 import pytest
 from asn1crypto import cms
@@ -16,7 +18,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
 from cryptography.x509.oid import NameOID
 
-from gateway.errors import BadSignature, UnsupportedAlgorithm, WeakAlgorithm
+from gateway.errors import (
+    BadSignature,
+    MalformedError,
+    NotForGateway,
+    UnsupportedAlgorithm,
+    WeakAlgorithm,
+)
 from gateway.smime import certgen, envelope, signature
 from gateway.smime.model import Identity
 from gateway.smime.trust import TrustStore
@@ -112,3 +120,31 @@ def test_x25519_key_agreement_is_refused_by_name(root: certgen.Issued) -> None:
                         private_key=recipient.key)
     with pytest.raises(UnsupportedAlgorithm, match=r"X25519 key agreement \(RFC 8418\)"):
         envelope.decrypt(patched, [identity])
+
+
+@pytest.mark.parametrize("key_kind", ["rsa2048", "p256"])
+def test_auth_enveloped_data_written_and_opened_by_openssl(root: certgen.Issued,
+                                                          key_kind: str, tmp_path: Path) -> None:
+    """AES-256-GCM AuthEnvelopedData (RFC 5083/5084) as the gateway writes it toward a network
+    configured for it: OpenSSL opens it, and so does the gateway; a flipped bit is refused."""
+    leaf = certgen.make_leaf(root, "Labo", emails=[ADDRESS], key_kind=key_kind)
+    der = envelope.encrypt(CONTENT, [leaf.certificate], gcm=True)
+    (tmp_path / "recip.pem").write_bytes(leaf.certificate.public_bytes(PEM))
+    (tmp_path / "recip.key").write_bytes(leaf.key.private_bytes(
+        PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (tmp_path / "enc.der").write_bytes(der)
+    run = subprocess.run(["openssl", "cms", "-decrypt", "-inform", "DER", "-in",
+                          str(tmp_path / "enc.der"), "-recip", str(tmp_path / "recip.pem"),
+                          "-inkey", str(tmp_path / "recip.key")],
+                         capture_output=True, timeout=30, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == CONTENT
+    identity = Identity(certificate=leaf.certificate, private_key=leaf.key)
+    content, layer = envelope.decrypt(der, [identity])
+    assert content == CONTENT and layer.kind == "auth-enveloped"
+    assert layer.detail["content_encryption"] == "aes256_gcm"
+    tampered = der[:-40] + bytes([der[-40] ^ 1]) + der[-39:]
+    # the tag fails: after an RSA key transport the reason stays the opaque one (no
+    # Bleichenbacher oracle), after ECDH it says the content did not authenticate
+    with pytest.raises((MalformedError, NotForGateway)):
+        envelope.decrypt(tampered, [identity])

@@ -19,7 +19,7 @@ from gateway.config import load_config
 from gateway.devpki import init_pki
 from gateway.translate.context import build_runtime
 from gateway.translate.offline import translate_file
-from tests.messages import Pki, text_entity, user_message
+from tests.messages import Pki, open_as_recipient, text_entity, user_message
 
 JEAN = "jean.dupont@medical59.apicrypt.org"
 MARIE_ON_APICRYPT = "marie.curie.mssante@passerelle.apicrypt.org"
@@ -156,3 +156,25 @@ def test_max_signing_age_refuses_an_old_signature(world: tuple[Pki, object, obje
                        at=later)
     assert translate_file(strict, runtime, raw, source="apicrypt",  # type: ignore[arg-type]
                           at=dt.datetime.now(dt.UTC) + dt.timedelta(days=29)).raw
+
+
+def test_a_network_configured_for_gcm(world: tuple[Pki, object, object]) -> None:
+    """``encrypt_gcm`` toward mssante: the relayed message is AuthEnvelopedData, opened by the
+    recipient with OpenSSL. ``accept_cbc = false`` on apicrypt: an AES-CBC message from it is
+    refused before anything is decrypted (5.7.5, named)."""
+    pki, config, _ = world
+    nets = dict(config.networks)  # type: ignore[attr-defined]
+    nets["mssante"] = dataclasses.replace(nets["mssante"], encrypt_gcm=True)
+    gcm_config = dataclasses.replace(config, networks=nets)  # type: ignore[type-var]
+    runtime = build_runtime(gcm_config)  # type: ignore[arg-type]
+    raw = user_message(pki, JEAN, MARIE_ON_APICRYPT, text_entity("INR 2,2\n"))
+    out = translate_file(gcm_config, runtime, raw, source="apicrypt",  # type: ignore[arg-type]
+                         at=dt.datetime.now(dt.UTC))
+    assert b"smime-type=authEnveloped-data" in out.raw.partition(b"\r\n\r\n")[0]
+    opened = open_as_recipient(pki, "marie.curie@hopital-test.mssante.fr", out.raw)
+    assert b"INR 2,2" in opened.content
+    nets["apicrypt"] = dataclasses.replace(nets["apicrypt"], accept_cbc=False)
+    strict = dataclasses.replace(config, networks=nets)  # type: ignore[type-var]
+    with pytest.raises(errors.UnsupportedAlgorithm, match="AuthEnvelopedData"):
+        translate_file(strict, build_runtime(strict), raw,  # type: ignore[arg-type]
+                       source="apicrypt", at=dt.datetime.now(dt.UTC))

@@ -150,6 +150,8 @@ def network(c: Checker, name: Network, table: Mapping[str, Any]) -> NetworkConfi
         require_client_cert=c.boolean(table, "require_client_cert", p,
                                       _N("require_client_cert")),
         proxy_protocol=c.boolean(table, "proxy_protocol", p, _N("proxy_protocol")),
+        encrypt_gcm=c.boolean(table, "encrypt_gcm", p, _N("encrypt_gcm")),
+        accept_cbc=c.boolean(table, "accept_cbc", p, _N("accept_cbc")),
         require_starttls=require_starttls,
         relay_tls_cert=relay_cert, relay_tls_key=relay_key,
         relay_tls_verify=c.boolean(table, "relay_tls_verify", p, _N("relay_tls_verify")),

@@ -150,6 +150,12 @@ class NetworkConfig:
     relay_tls_verify: bool = True
     relay_ca: Path | None = None  # default: this network's trust anchors
     charset: str = "utf-8"  # the text charset written toward this network
+    # Write AuthEnvelopedData (AES-256-GCM, RFC 5083/5084) toward this network instead of
+    # EnvelopedData (AES-256-CBC): once its software reads it.
+    encrypt_gcm: bool = False
+    # False: refuse EnvelopedData (AES-CBC, unauthenticated) from this network (5.7.5), once
+    # its senders write AuthEnvelopedData.
+    accept_cbc: bool = True
     utf8_recipients: tuple[str, ...] = ()
     imap: ImapConfig | None = None
     rewrite: RewriteRule | None = None

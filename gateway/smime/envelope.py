@@ -15,7 +15,8 @@ Rules kept here:
   pipeline gives one reply to every failure after a CBC decryption
   (``gateway.translate.pipeline``). A bad GCM tag is ``MalformedError`` (GCM is authenticated:
   no oracle), a key of the wrong length ``NotForGateway``.
-* We seal with AES-256-CBC and RSA PKCS#1 v1.5 key transport, one recipient info per recipient
+* We seal with AES-256-CBC (or AES-256-GCM in AuthEnvelopedData where the network is
+  configured for it) and RSA PKCS#1 v1.5 key transport, one recipient info per recipient
   (issuerAndSerialNumber): the combination every peer on both networks opens.
 """
 
@@ -36,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, padding, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
@@ -356,10 +358,13 @@ def _decrypt_content(envelope: Envelope, cek: bytes) -> bytes | None:
 # --- encrypt ---------------------------------------------------------------------------------
 
 
-def encrypt(content: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
-    """Seal ``content`` (as-is, binary) for every recipient: DER ContentInfo EnvelopedData.
+def encrypt(content: bytes, recipients: Sequence[x509.Certificate], *,
+            gcm: bool = False) -> bytes:
+    """Seal ``content`` (as-is, binary) for every recipient: DER ContentInfo EnvelopedData,
+    or with ``gcm`` AuthEnvelopedData (RFC 5083/5084: AES-256-GCM, 12-octet nonce, 16-octet
+    tag), whose content cannot be altered unnoticed (no padding oracle on the reader's side).
 
-    AES-256-CBC with a fresh key and IV; recipients named by issuer and serial number. RSA
+    AES-256 with a fresh key and IV; recipients named by issuer and serial number. RSA
     recipients get RSA PKCS#1 v1.5 key transport; EC recipients get RFC 5753 ephemeral-static
     ECDH (X9.63 KDF with SHA-256, AES-256 key wrap).
     """
@@ -367,11 +372,18 @@ def encrypt(content: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
         raise RecipientCertificateError("no recipient certificate to encrypt for")
     public_keys = [_recipient_key(cert) for cert in recipients]
     cek = os.urandom(32)
-    iv = os.urandom(BLOCK)
-    padder = padding.PKCS7(BLOCK * 8).padder()
-    padded = padder.update(bytes(content)) + padder.finalize()
-    encryptor = Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()
-    ciphertext = encryptor.update(padded) + encryptor.finalize()
+    if gcm:
+        nonce = os.urandom(12)
+        sealed = AESGCM(cek).encrypt(nonce, bytes(content), None)
+        ciphertext, mac = sealed[:-16], sealed[-16:]
+        algorithm = _DER_OID_AES256_GCM + _der(0x30, _der(0x04, nonce) + _DER_ICV_16)
+    else:
+        iv = os.urandom(BLOCK)
+        padder = padding.PKCS7(BLOCK * 8).padder()
+        padded = padder.update(bytes(content)) + padder.finalize()
+        encryptor = Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()
+        ciphertext = encryptor.update(padded) + encryptor.finalize()
+        algorithm = _DER_OID_AES256_CBC + _der(0x04, iv)
 
     # The envelope is written as DER by hand around asn1crypto-made pieces: building it as
     # nested asn1crypto values re-encodes every parent on each assignment (~0.5 ms a message).
@@ -391,16 +403,18 @@ def encrypt(content: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
             recipient_infos.append(_kari_for(
                 public_key, asn1_cms.IssuerAndSerialNumber.load(issuer_and_serial), cek
             ).dump())
-    # RFC 5652 §6.1: version 2 as soon as a recipient info is not version 0 (kari is v3).
-    enveloped = _der(0x30, b"".join((
-        _DER_VERSION_0 if all_ktri else _DER_VERSION_2,
-        _der(0x31, b"".join(sorted(recipient_infos))),  # DER: a SET OF sorted by encoding
-        _der(0x30, b"".join((
-            _DER_OID_DATA,
-            _der(0x30, _DER_OID_AES256_CBC + _der(0x04, iv)),
-            _der(0x80, ciphertext),  # encryptedContent [0] IMPLICIT OCTET STRING
-        ))),
+    content_info = _der(0x30, b"".join((
+        _DER_OID_DATA,
+        _der(0x30, algorithm),
+        _der(0x80, ciphertext),  # encryptedContent [0] IMPLICIT OCTET STRING
     )))
+    infos = _der(0x31, b"".join(sorted(recipient_infos)))  # DER: a SET OF sorted by encoding
+    if gcm:  # RFC 5083: version 0, no authAttrs, then the tag as the mac
+        auth = _der(0x30, _DER_VERSION_0 + infos + content_info + _der(0x04, mac))
+        return _der(0x30, _DER_OID_AUTH_ENVELOPED_DATA + _der(0xA0, auth))
+    # RFC 5652 §6.1: version 2 as soon as a recipient info is not version 0 (kari is v3).
+    enveloped = _der(0x30, (_DER_VERSION_0 if all_ktri else _DER_VERSION_2) + infos
+                     + content_info)
     return _der(0x30, _DER_OID_ENVELOPED_DATA + _der(0xA0, enveloped))
 
 
@@ -428,6 +442,9 @@ _DER_VERSION_2: bytes = core.Integer(2).dump()
 _DER_OID_DATA: bytes = core.ObjectIdentifier("1.2.840.113549.1.7.1").dump()
 _DER_OID_ENVELOPED_DATA: bytes = core.ObjectIdentifier("1.2.840.113549.1.7.3").dump()
 _DER_OID_AES256_CBC: bytes = core.ObjectIdentifier("2.16.840.1.101.3.4.1.42").dump()
+_DER_OID_AES256_GCM: bytes = core.ObjectIdentifier("2.16.840.1.101.3.4.1.46").dump()
+_DER_OID_AUTH_ENVELOPED_DATA: bytes = core.ObjectIdentifier("1.2.840.113549.1.9.16.1.23").dump()
+_DER_ICV_16: bytes = core.Integer(16).dump()  # GCMParameters aes-ICVlen
 _DER_KTRI_ALGORITHM: bytes = asn1_cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15"}).dump()
 
 

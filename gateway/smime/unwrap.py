@@ -24,7 +24,14 @@ from cryptography import x509
 
 from gateway.config.addresses import lookup_key
 from gateway.config.settings import GatewaySettings, default_of
-from gateway.errors import LimitExceeded, MalformedError, NotEncrypted, NotSigned, SignerMismatch
+from gateway.errors import (
+    LimitExceeded,
+    MalformedError,
+    NotEncrypted,
+    NotSigned,
+    SignerMismatch,
+    UnsupportedAlgorithm,
+)
 from gateway.smime import envelope, signature
 from gateway.smime.mime import (
     canonical,
@@ -58,8 +65,12 @@ def unwrap(
     require_encrypted: bool = True,
     require_signed: bool = True,
     trace: list[Layer] | None = None,
+    accept_cbc: bool = True,
 ) -> Unwrapped:
     """Decrypt and verify every S/MIME layer of ``raw``, outermost first, as of ``at``.
+
+    ``accept_cbc=False`` refuses an (unauthenticated) EnvelopedData before decrypting it: for
+    a network whose senders all write AuthEnvelopedData (AES-GCM).
 
     ``trace``, if given, receives each layer as soon as it is opened, so that a report can show
     how far unwrapping went when a later layer (or a final check) fails.
@@ -78,6 +89,9 @@ def unwrap(
         if len(layers) - first >= max_depth:
             raise LimitExceeded(f"more than {max_depth} S/MIME layers")
         if kind in _ENCRYPTED:
+            if kind == "enveloped" and not accept_cbc:
+                raise UnsupportedAlgorithm("unauthenticated encryption (EnvelopedData) refused "
+                                           "on this network: AuthEnvelopedData (AES-GCM) only")
             content, layer = envelope.decrypt(pkcs7_der(entity), identities)
         elif kind == "signed-detached":
             signed, signature_der = split_signed(entity)
@@ -221,8 +235,10 @@ def seal(
     headers: Sequence[tuple[str, str]],
     *,
     chain: Sequence[x509.Certificate] = (),
+    gcm: bool = False,
 ) -> bytes:
     """Sign ``content`` (a MIME entity) detached, encrypt for ``recipients``, add ``headers``.
+    ``gcm``: AuthEnvelopedData (AES-256-GCM) instead of EnvelopedData (AES-256-CBC).
 
     The content is made canonical (CRLF) first, so what is signed is what the reader hashes.
     Returns the full message, CRLF, ready to relay.
@@ -231,4 +247,5 @@ def seal(
     parse_entity(entity)  # a bounded check that it is a MIME entity at all
     signature_der = signature.sign(entity, identity, detached=True, extra_certs=chain)
     signed = signed_detached_entity(entity, signature_der)
-    return prepend_headers(enveloped_entity(envelope.encrypt(signed, recipients)), headers)
+    return prepend_headers(enveloped_entity(envelope.encrypt(signed, recipients, gcm=gcm),
+                                            auth=gcm), headers)

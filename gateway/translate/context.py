@@ -72,6 +72,8 @@ def _network_runtime(net: NetworkConfig) -> NetworkRuntime:
         identity_chain=chain,
         charset=net.charset,
         utf8_recipients=frozenset(a.lower() for a in net.utf8_recipients),
+        write_gcm=net.encrypt_gcm,
+        accept_cbc=net.accept_cbc,
     )
 
 

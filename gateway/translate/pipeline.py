@@ -46,6 +46,8 @@ class NetworkRuntime:
     # Text charset the network expects (apicrypt: iso-8859-1 unless the recipient wants UTF-8).
     charset: str = "utf-8"
     utf8_recipients: frozenset[str] = frozenset()
+    write_gcm: bool = False  # seal toward this network as AuthEnvelopedData (AES-256-GCM)
+    accept_cbc: bool = True  # accept EnvelopedData (AES-CBC, unauthenticated) from it
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,7 @@ def translate(
     opened: list[Layer] = []
     try:
         unwrapped = unwrap(raw, [source.identity], source.store, at, max_depth=max_depth,
-                           trace=opened)
+                           trace=opened, accept_cbc=source.accept_cbc)
         signer = unwrapped.signer
         if signer is None:  # unwrap(require_signed=True) guarantees it; keep the type honest
             raise errors.NotSigned("no signature")
@@ -223,7 +225,7 @@ def translate(
     headers.append(("MIME-Version", "1.0"))
 
     sealed = seal(normalised.content, destination.identity, certificates, headers,
-                  chain=destination.identity_chain)
+                  chain=destination.identity_chain, gcm=destination.write_gcm)
     facts = {
         "size_in": str(len(raw)),
         "size_content": str(len(unwrapped.content)),

@@ -255,6 +255,7 @@ class Gateway:
         self._publish_settings()
         self.metrics.reloads.labels("done").inc()
         log.info("reload.done", warnings=len(config.warnings))
+        log_warnings(config)
         check_certificates(config, dt.datetime.now(dt.UTC))
         return True
 
@@ -302,6 +303,13 @@ async def _serve_metrics(address: str, gateway: Gateway) -> asyncio.AbstractServ
         raise
     log.info("metrics.started", address=address)
     return http
+
+
+def log_warnings(config: Config) -> None:
+    """What check-config would warn about (a CRL past its next update, a secret readable by
+    others...), once at start and after each reload, so the operator's log says it."""
+    for warning in config.warnings:
+        log.warning("config.warning", warning=warning)
 
 
 async def serve(config: Config, *, reuse_port: bool = False) -> int:
@@ -352,6 +360,7 @@ async def serve(config: Config, *, reuse_port: bool = False) -> int:
 
     check_certificates(config, dt.datetime.now(dt.UTC))
     keeper = loop.create_task(housekeeping())
+    log_warnings(config)
     log.info("gateway.ready", hostname=config.gateway.hostname, pid=os.getpid())
     await stop.wait()
     keeper.cancel()

@@ -51,6 +51,7 @@ CRYPTO_UNSUPPORTED = Reply(550, "5.7.5", "Cryptographic algorithm not accepted")
 SIGNATURE_REFUSED = Reply(550, "5.7.7", "Signature could not be verified")
 RECIPIENT_CERT_UNKNOWN = Reply(550, "5.7.1", "No valid certificate for recipient")
 DIRECTORY_UNAVAILABLE = Reply(450, "4.7.1", "Certificate directory unavailable, try again later")
+REVOCATION_UNKNOWN = Reply(451, "4.7.5", "No fresh CRL to judge the certificate, try again later")
 MALFORMED = Reply(550, "5.6.0", "Malformed message content")
 DOWNSTREAM_DEFERRED = Reply(451, "4.4.0", "Next hop unavailable, try again later")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
@@ -252,6 +253,12 @@ class DownstreamRejected(SenderError):
 
 class DirectoryUnavailable(TransientError):
     reply = DIRECTORY_UNAVAILABLE
+
+
+class RevocationUnknown(TransientError):
+    """``crl_policy = "fail-closed"``: no fresh CRL of an issuer in the chain is loaded."""
+
+    reply = REVOCATION_UNKNOWN
 
 
 class DownstreamUnavailable(TransientError):

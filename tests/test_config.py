@@ -615,3 +615,13 @@ def test_every_settings_field_is_a_key(tmp_path: Path, base: dict[str, Any]) -> 
             base["gateway"].setdefault(name, value)
     config = load_config(write(tmp_path, base))
     assert config.gateway.max_depth == defaults.max_depth
+
+
+def test_crl_policy(tmp_path: Path, base: dict[str, Any]) -> None:
+    base["networks"]["mssante"]["crl_policy"] = "fail-closed"
+    config = load_config(write(tmp_path, base))
+    assert config.network("mssante").crl_policy == "fail-closed"
+    assert config.network("apicrypt").crl_policy == "fail-open"
+    base["networks"]["mssante"]["crl_policy"] = "strict"
+    problems = problems_of(write(tmp_path, base))
+    assert has(problems, "networks.mssante.crl_policy", "fail-open")

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from gateway.errors import ExpiredSigner, UntrustedSigner
+from gateway.errors import ExpiredSigner, RevocationUnknown, RevokedSigner, UntrustedSigner
 from gateway.smime.trust import TrustStore, describe, email_addresses
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
@@ -135,3 +135,38 @@ def test_path_length_constraint() -> None:
     leaf = cert(name("Jean", JEAN), KEYS[3], low_name, KEYS[2])
     with pytest.raises(UntrustedSigner, match="pathLenConstraint 0 exceeded"):
         TrustStore(anchors=(ROOT,)).validate(leaf, [top, low], NOW, "sign")
+
+
+def _crl(next_update: dt.datetime, revoked: tuple[int, ...] = ()) -> x509.CertificateRevocationList:
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ROOT_NAME)
+               .last_update(next_update - dt.timedelta(days=30)).next_update(next_update))
+    for serial in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial)
+            .revocation_date(NOW - dt.timedelta(days=40)).build())
+    return builder.sign(KEYS[0], hashes.SHA256())
+
+
+def test_crl_policy_fail_closed_waits_for_a_fresh_crl() -> None:
+    leaf = cert(name("Jean", JEAN), KEYS[1], ROOT_NAME, KEYS[0])
+    stale = _crl(NOW - dt.timedelta(days=1))
+    fresh = _crl(NOW + dt.timedelta(days=7))
+    # fail-open (the default): a stale CRL still proves revocations, and its age is a warning
+    assert TrustStore(anchors=(ROOT,), crls=(stale,)).validate(leaf, [], NOW, "sign")
+    closed = TrustStore(anchors=(ROOT,), crls=(stale,), crl_fail_closed=True)
+    with pytest.raises(RevocationUnknown) as info:
+        closed.validate(leaf, [], NOW, "sign")
+    assert info.value.reply.code == 451
+    with pytest.raises(RevocationUnknown):  # also for a recipient: 451, not a 550
+        closed.validate(leaf, [], NOW, "encrypt")
+    with pytest.raises(RevocationUnknown):  # no CRL at all
+        TrustStore(anchors=(ROOT,), crl_fail_closed=True).validate(leaf, [], NOW, "sign")
+    reloaded = TrustStore(anchors=(ROOT,), crls=(stale, fresh), crl_fail_closed=True)
+    assert reloaded.validate(leaf, [], NOW, "sign") == (leaf, ROOT)
+
+
+def test_a_revocation_in_a_stale_crl_still_counts() -> None:
+    leaf = cert(name("Jean", JEAN), KEYS[1], ROOT_NAME, KEYS[0], serial=4242)
+    store = TrustStore(anchors=(ROOT,), crls=(_crl(NOW - dt.timedelta(days=1), (4242,)),))
+    with pytest.raises(RevokedSigner):
+        store.validate(leaf, [], NOW, "sign")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import codecs
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cryptography import x509
 
@@ -38,6 +38,16 @@ from gateway.config.settings import (
 
 def _N(name: str) -> Any:
     return default_of(NetworkConfig, name)
+
+
+def _crl_policy(c: Checker, table: Mapping[str, Any],
+                prefix: str) -> Literal["fail-open", "fail-closed"]:
+    value = c.string(table, "crl_policy", prefix, _N("crl_policy"))
+    if value == "fail-closed":
+        return "fail-closed"
+    if value != "fail-open":
+        c.problem(f"{prefix}.crl_policy", 'must be "fail-open" or "fail-closed"')
+    return "fail-open"
 
 
 def _issued(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
@@ -151,6 +161,7 @@ def network(c: Checker, name: Network, table: Mapping[str, Any]) -> NetworkConfi
                                       _N("require_client_cert")),
         proxy_protocol=c.boolean(table, "proxy_protocol", p, _N("proxy_protocol")),
         encrypt_gcm=c.boolean(table, "encrypt_gcm", p, _N("encrypt_gcm")),
+        crl_policy=_crl_policy(c, table, p),
         accept_cbc=c.boolean(table, "accept_cbc", p, _N("accept_cbc")),
         require_starttls=require_starttls,
         relay_tls_cert=relay_cert, relay_tls_key=relay_key,

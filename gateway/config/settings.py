@@ -153,6 +153,9 @@ class NetworkConfig:
     # Write AuthEnvelopedData (AES-256-GCM, RFC 5083/5084) toward this network instead of
     # EnvelopedData (AES-256-CBC): once its software reads it.
     encrypt_gcm: bool = False
+    # "fail-open": a stale or missing CRL is a warning; "fail-closed": a signer or recipient
+    # whose issuer has no fresh CRL is answered 451 until one is loaded (SIGHUP).
+    crl_policy: Literal["fail-open", "fail-closed"] = "fail-open"
     # False: refuse EnvelopedData (AES-CBC, unauthenticated) from this network (5.7.5), once
     # its senders write AuthEnvelopedData.
     accept_cbc: bool = True

@@ -59,6 +59,7 @@ from gateway.errors import (
     GatewayError,
     MalformedError,
     RecipientCertificateError,
+    RevocationUnknown,
     RevokedSigner,
     UntrustedSigner,
     WeakAlgorithm,
@@ -198,6 +199,9 @@ class TrustStore:
     anchors: tuple[x509.Certificate, ...]
     intermediates: tuple[x509.Certificate, ...] = ()
     crls: tuple[x509.CertificateRevocationList, ...] = ()
+    # "fail-closed": a certificate whose issuer has no CRL valid at the time is not judged
+    # (RevocationUnknown, 451) rather than accepted: the sender retries once a fresh one is in.
+    crl_fail_closed: bool = False
 
     @cached_property
     def _validated(self) -> Memo[_CacheKey, _Validated]:
@@ -224,6 +228,8 @@ class TrustStore:
                 min(c.not_valid_after_utc for c in chain),
             ))
             return chain
+        except RevocationUnknown:
+            raise  # transient whatever the purpose: the sender retries
         except GatewayError as error:
             if purpose == "encrypt" and not isinstance(error, RecipientCertificateError):
                 raise RecipientCertificateError(f"recipient certificate: {error.reason}") from None
@@ -270,7 +276,7 @@ class TrustStore:
         _check_name_constraints(chain)
         _check_usage(leaf, purpose)
         for cert, issuer in itertools.pairwise(chain):
-            self._check_revocation(cert, issuer)
+            self._check_revocation(cert, issuer, at)
         return chain
 
     def _path(self, path: list[x509.Certificate], pool: Sequence[x509.Certificate],
@@ -302,7 +308,9 @@ class TrustStore:
                 f"intermediates ({describe(cert)})"))
         return None
 
-    def _check_revocation(self, cert: x509.Certificate, issuer: x509.Certificate) -> None:
+    def _check_revocation(self, cert: x509.Certificate, issuer: x509.Certificate,
+                          at: dt.datetime) -> None:
+        fresh = False
         for crl in self.crls:
             if crl.issuer != issuer.subject:
                 continue
@@ -312,6 +320,11 @@ class TrustStore:
                 genuine = False
             if genuine and crl.get_revoked_certificate_by_serial_number(cert.serial_number):
                 raise RevokedSigner(f"certificate revoked ({describe(cert)})")
+            next_update = crl.next_update_utc
+            fresh = fresh or (genuine and (next_update is None or at <= next_update))
+        if self.crl_fail_closed and not fresh:
+            raise RevocationUnknown(f"no fresh CRL of {_name(issuer.subject)!r} "
+                                    f"(crl_policy fail-closed; {describe(cert)})")
 
 
 _CacheKey = tuple[x509.Certificate, tuple[x509.Certificate, ...], str, int]

@@ -67,7 +67,8 @@ def _network_runtime(net: NetworkConfig) -> NetworkRuntime:
     return NetworkRuntime(
         name=net.name,
         identity=identity,
-        store=TrustStore(anchors=anchors, intermediates=intermediates, crls=crls),
+        store=TrustStore(anchors=anchors, intermediates=intermediates, crls=crls,
+                         crl_fail_closed=net.crl_policy == "fail-closed"),
         directory=FolderDirectory(net.directory),
         identity_chain=chain,
         charset=net.charset,

@@ -9,6 +9,7 @@ network's anchors or intermediates is a problem too (it would protect nothing).
 from __future__ import annotations
 
 import codecs
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -35,9 +36,7 @@ from gateway.config.settings import (
     keys_of,
 )
 
-
-def _N(name: str) -> Any:
-    return default_of(NetworkConfig, name)
+_N = functools.partial(default_of, NetworkConfig)  # its field defaults
 
 
 def _crl_policy(c: Checker, table: Mapping[str, Any],

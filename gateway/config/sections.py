@@ -7,6 +7,7 @@ except the bounds a value must respect.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,13 +26,8 @@ from gateway.config.settings import (
     split_host_port,
 )
 
-
-def _G(name: str) -> Any:
-    return default_of(GatewaySettings, name)
-
-
-def _I(name: str) -> Any:
-    return default_of(ImapConfig, name)
+_G = functools.partial(default_of, GatewaySettings)  # its field defaults
+_I = functools.partial(default_of, ImapConfig)  # its field defaults
 
 
 def host_name(value: str) -> str:

@@ -28,8 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from asn1crypto import cms as asn1_cms
@@ -50,6 +49,7 @@ from gateway.errors import (
 )
 from gateway.memo import Memo
 from gateway.smime import der
+from gateway.smime.enveloped_data import parsing
 from gateway.smime.model import Identity, Signer, Verified
 from gateway.smime.trust import TrustStore, email_addresses
 
@@ -107,16 +107,6 @@ _WEAK_SIGNATURES = {
 }
 
 
-@contextmanager
-def _parsing(what: str) -> Iterator[None]:
-    """Turn whatever asn1crypto raises on bad input into a ``MalformedError``."""
-    try:
-        yield
-    except GatewayError:
-        raise
-    except Exception as error:  # ValueError, TypeError, KeyError, RecursionError...
-        # ``from None``: the library's message may quote bytes of the message.
-        raise MalformedError(f"malformed CMS ({what}: {type(error).__name__})") from None
 
 
 @dataclass(frozen=True)
@@ -326,12 +316,12 @@ def _time_der(data: bytes, value: der.Element) -> dt.datetime:
 
 
 def _parse_general(data: bytes) -> _Signed:
-    with _parsing("ContentInfo"):
+    with parsing("ContentInfo"):
         info = asn1_cms.ContentInfo.load(data, strict=True)
         if info["content_type"].dotted != _OID_SIGNED_DATA:
             raise MalformedError("CMS content is not SignedData")
         signed_data = info["content"]
-    with _parsing("SignedData"):
+    with parsing("SignedData"):
         encap = signed_data["encap_content_info"]
         content_type = encap["content_type"].dotted
         econtent_field = encap["content"]
@@ -342,7 +332,7 @@ def _parse_general(data: bytes) -> _Signed:
         signer_infos = list(signed_data["signer_infos"])
     if len(signer_infos) != 1:
         raise SignerCountError(f"{len(signer_infos)} SignerInfos; exactly one is accepted")
-    with _parsing("certificates"):
+    with parsing("certificates"):
         certificates: list[tuple[asn1_cms.Certificate, x509.Certificate]] = []
         for choice in signed_data["certificates"] or ():
             if choice.name != "certificate":
@@ -351,7 +341,7 @@ def _parse_general(data: bytes) -> _Signed:
             # The bytes as received: a certificate that is not DER is malformed (its
             # signature covers its DER encoding), and re-encoding costs more than the rest.
             certificates.append((parsed, _load_certificate(parsed.dump())))
-    with _parsing("SignerInfo"):
+    with parsing("SignerInfo"):
         signer = _parse_signer_info(signer_infos[0])
     return _Signed(content_type, econtent, certificates, signer)
 
@@ -505,7 +495,7 @@ def _content_type_oid(native: object) -> str | None:
 def _find_signer_cert(
     info: _SignerInfo, certificates: list[tuple[asn1_cms.Certificate, x509.Certificate]]
 ) -> x509.Certificate:
-    with _parsing("certificates"):
+    with parsing("certificates"):
         for parsed, cert in certificates:
             if info.issuer_serial is not None:
                 issuer, serial = info.issuer_serial

@@ -9,6 +9,7 @@ written in the server's own hierarchy: the configured names use ``/``, the serve
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import ssl
 from collections.abc import Awaitable
@@ -28,13 +29,8 @@ from gateway.transport.imap_responses import (
     server_text,
 )
 
-
-def _G(name: str) -> Any:
-    return default_of(GatewaySettings, name)
-
-
-def _I(name: str) -> Any:
-    return default_of(ImapConfig, name)
+_G = functools.partial(default_of, GatewaySettings)  # its field defaults
+_I = functools.partial(default_of, ImapConfig)  # its field defaults
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ reference only (``InboundMessage.release`` drops it once translated).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import time
@@ -16,13 +17,8 @@ from typing import Any
 
 from gateway.config import GatewaySettings, NetworkConfig, default_of
 
-
-def _G(name: str) -> Any:
-    return default_of(GatewaySettings, name)
-
-
-def _N(name: str) -> Any:
-    return default_of(NetworkConfig, name)
+_G = functools.partial(default_of, GatewaySettings)  # its field defaults
+_N = functools.partial(default_of, NetworkConfig)  # its field defaults
 
 
 def keyed_pseudonym(key: bytes) -> Callable[[str], str]:

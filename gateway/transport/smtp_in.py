@@ -438,13 +438,9 @@ class _Session(SMTP):
         await self._idle_command("VRFY", arg)
 
     def connection_lost(self, error: Exception | None) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
-        self._state.open.pop(self, None)
-        if self._admitted:
-            self._admitted = False
-            self._state.release(self._ip)
+        admitted = self._admitted
+        self._release_slot()
+        if admitted:
             log.info("session.close", network=self._state.settings.network, peer=self._ip,
                      messages=self._messages,
                      duration_ms=round((time.perf_counter() - self._opened) * 1000, 1))

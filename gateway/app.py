@@ -17,6 +17,7 @@ import os
 import signal
 import ssl
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import structlog
@@ -42,6 +43,7 @@ from gateway.transport import tls
 from gateway.transport.imap_in import Bouncer, ImapPoller
 from gateway.transport.imap_session import ImapSettings
 from gateway.transport.inbound import ListenerSettings
+from gateway.transport.limits import SharedCounts
 from gateway.transport.smtp_in import start_listener
 from gateway.transport.smtp_out import NextHop
 
@@ -89,8 +91,10 @@ def _split_hostport(value: str) -> tuple[str, int]:
 class Gateway:
     """One gateway process: two listeners, one pipeline, one delivery path per network."""
 
-    def __init__(self, config: Config, runtime: Runtime, *, workers: int | None = None) -> None:
+    def __init__(self, config: Config, runtime: Runtime, *, workers: int | None = None,
+                 shared_ips: Mapping[str, SharedCounts] | None = None) -> None:
         self.metrics = Metrics()
+        self._shared_ips = dict(shared_ips or {})  # per network, across --workers
         self.config = config  # also read by _next_hop
         self.path = MessagePath(config, runtime, {}, self.metrics, workers=workers)
         self.path.hops = {name: self._next_hop(config.network(name)) for name in NETWORKS}
@@ -162,6 +166,9 @@ class Gateway:
             max_recipients=g.max_recipients, command_timeout=float(g.command_timeout_seconds),
             data_budget=float(g.data_timeout_seconds), max_sessions=g.max_sessions,
             max_sessions_per_ip=g.max_sessions_per_ip,
+            starttls_seconds=g.starttls_seconds, session_seconds=g.session_seconds,
+            max_idle_commands=g.max_idle_commands,
+            shared_ips=self._shared_ips.get(net.name),
             rate_limit_per_minute=g.rate_limit_per_minute, pseudonymise=pseudonymise,
             proxy_protocol=net.proxy_protocol, require_starttls=net.require_starttls,
         )
@@ -312,9 +319,10 @@ def log_warnings(config: Config) -> None:
         log.warning("config.warning", warning=warning)
 
 
-async def serve(config: Config, *, reuse_port: bool = False) -> int:
+async def serve(config: Config, *, reuse_port: bool = False,
+                shared_ips: Mapping[str, SharedCounts] | None = None) -> int:
     runtime = build_runtime(config)
-    gateway = Gateway(config, runtime)
+    gateway = Gateway(config, runtime, shared_ips=shared_ips)
     http = None
     try:
         await gateway.start(reuse_port=reuse_port)
@@ -398,10 +406,13 @@ def run(config_path: Path, workers: int | None = None) -> int:
 def supervise(config: Config, count: int) -> int:
     """Run ``count`` worker processes on the same ports (SO_REUSEPORT), so one host uses all
     its cores: Python runs the pipeline on one core per process. The parent only forwards
-    signals and restarts a worker that died while not stopping. Workers share nothing: like
-    several instances (rate limits are per worker, see docs/scale-out.md)."""
+    signals and restarts a worker that died while not stopping. Workers share one thing: the
+    per-address session counts (``max_sessions_per_ip`` holds for the host); everything else
+    is per worker, like several instances (rate limits, see docs/scale-out.md)."""
     children: dict[int, int] = {}  # pid -> worker slot
     stopping = False
+    # max_sessions_per_ip holds for the host: counts shared by the workers (made before fork)
+    shared: dict[str, SharedCounts] = {name: SharedCounts(count) for name in NETWORKS}
 
     def spawn(slot: int) -> None:
         parent = os.getpid()
@@ -415,9 +426,11 @@ def supervise(config: Config, count: int) -> int:
             if os.getppid() != parent:  # it died before the line above
                 os._exit(0)
             structlog.contextvars.bind_contextvars(worker=slot)
+            for table in shared.values():
+                table.row = slot
             code = 1
             try:
-                code = asyncio.run(serve(config, reuse_port=True))
+                code = asyncio.run(serve(config, reuse_port=True, shared_ips=shared))
             finally:
                 os._exit(code)
         children[pid] = slot
@@ -452,6 +465,8 @@ def supervise(config: Config, count: int) -> int:
         if not stopping:
             log.error("worker.died", worker=slot, code=code)
             time.sleep(0.5)  # no tight loop if a worker cannot start at all
+            for table in shared.values():  # the dead worker's sessions are gone
+                table.clear_row(slot)
             spawn(slot)
         elif code != 0 and status == 0:
             status = 1

@@ -54,6 +54,9 @@ class ListenerSettings:
     starttls_seconds: float = _G("starttls_seconds")
     session_seconds: float = _G("session_seconds")
     max_idle_commands: int = _G("max_idle_commands")
+    # limits.SharedCounts: per-address counts shared by the --workers processes (None: this
+    # process's own, as for a single worker)
+    shared_ips: Any = None
     rate_limit_per_minute: int = _G("rate_limit_per_minute")  # per sender; 0: no limit
     pseudonym_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     pseudonymise: Callable[[str], str] | None = None  # default: keyed_pseudonym(pseudonym_key)

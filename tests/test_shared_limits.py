@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from pathlib import Path
 
+from gateway.app import Gateway
+from gateway.config import load_config
+from gateway.devpki import init_pki
+from gateway.translate.context import build_runtime
 from gateway.transport.inbound import ListenerSettings
 from gateway.transport.limits import ListenerState, SharedCounts
 
@@ -57,3 +62,22 @@ def test_counts_never_go_below_zero() -> None:
     shared = SharedCounts(workers=1)
     shared.add(IP, -1)
     assert shared.total(IP) == 0
+
+
+def test_the_listener_takes_its_session_bounds_from_the_configuration(tmp_path: Path) -> None:
+    root = tmp_path / "pki"
+    init_pki(root)
+    text = (root / "gateway.toml").read_text().replace(
+        "[gateway]\n", "[gateway]\nstarttls_seconds = 7\nsession_seconds = 70\n"
+                       "max_idle_commands = 9\nmax_sessions_per_ip = 4\n", 1)
+    (root / "gateway.toml").write_text(text)
+    config = load_config(root / "gateway.toml")
+    shared = {"apicrypt": SharedCounts(workers=2)}
+    gateway = Gateway(config, build_runtime(config), shared_ips=shared)
+    try:
+        listener = gateway._listener(config.network("apicrypt"))
+    finally:
+        gateway.close()
+    assert (listener.starttls_seconds, listener.session_seconds, listener.max_idle_commands,
+            listener.max_sessions_per_ip) == (7, 70, 9, 4)
+    assert listener.shared_ips is shared["apicrypt"]

@@ -116,6 +116,9 @@ def _cmd_translate(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
     sys.stdout.buffer.write(result.raw)
     sys.stdout.buffer.flush()
+    if len(result.copies) > 1:  # Bcc copies: the first is the one the To/Cc readers get
+        print(f"note: {len(result.copies)} sealed copies (one per Bcc recipient); only the"
+              " first is written", file=sys.stderr)
     return EXIT_OK
 
 

@@ -141,6 +141,7 @@ class MessagePath:
                 normalise=functools.partial(normalise, at=at),
                 max_depth=self.config.gateway.max_depth,
                 max_signing_age=self.config.gateway.max_signing_age,
+                known_names=runtime.names,
             )
             if size_in <= self.config.gateway.translate_inline_bytes:
                 # A small message (a few ms of CPU) is translated right here: handing it to a
@@ -172,11 +173,27 @@ class MessagePath:
                    duration_ms=round((time.perf_counter() - t0) * 1000, 1),
                    **translation.facts)
         t1 = time.perf_counter()
-        reply = await self.delivery_for(destination).deliver(
-            translation.mail_from, translation.recipients, translation.raw)
+        reply = await self._deliver_copies(translation, destination, bound)
         self.metrics.stage(f"{source}->{destination}", "deliver", time.perf_counter() - t1)
         bound.info("deliver.done", reply=reply.code, status=reply.status,
                    duration_ms=round((time.perf_counter() - t1) * 1000, 1))
+        return reply
+
+    async def _deliver_copies(self, translation: Translation, destination: str,
+                              bound: structlog.typing.FilteringBoundLogger) -> errors.Reply:
+        """Each sealed copy in turn (one for To/Cc, one per Bcc); the first failure is the
+        answer. After a copy went through, a failure still answers as the next hop did: a
+        4xx makes the sender retry the whole (a duplicate for the first readers, never a
+        loss), and the partial delivery is logged."""
+        reply = errors.LOCAL_ERROR  # (translate never returns no copy)
+        for delivered, copy in enumerate(translation.copies):
+            reply = await self.delivery_for(destination).deliver(
+                translation.mail_from, copy.recipients, copy.raw)
+            if reply.code != errors.OK.code:
+                if delivered:
+                    bound.warning("deliver.partial", copies=len(translation.copies),
+                                  delivered=delivered, reply=reply.code, status=reply.status)
+                return reply
         return reply
 
     def delivery_for(self, destination: str) -> DeliveryPool:

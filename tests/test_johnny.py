@@ -156,7 +156,9 @@ def test_corpus_through_the_gateway_unwrap(path: Path, store: TrustStore) -> Non
     if rel in ADDRESS_IN_DISPLAY_NAME:
         # "manager@bigcorporation.de <eve@...>": the relayed From drops such a display name
         from gateway.smime.mime import parse_entity
-        from gateway.translate.pipeline import _display, _single_address, display_name
+        from gateway.translate.names import display as _display
+        from gateway.translate.names import display_name
+        from gateway.translate.pipeline import _single_address
 
         value = parse_entity(raw).get("From") or ""
         name, address = display_name(value), _single_address(value)

@@ -59,9 +59,11 @@ class Sink:
 
     mode: str = "accept"  # accept | tempfail | permfail | hang | drop
     received: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+    accept_only: int | None = None  # tempfail every DATA after this many were accepted
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if self.mode == "tempfail":
+        if self.mode == "tempfail" or (self.accept_only is not None
+                                       and len(self.received) >= self.accept_only):
             return "451 4.3.0 try later"
         if self.mode == "permfail":
             return "554 5.7.1 refused by policy"
@@ -111,7 +113,8 @@ async def rig(pki: tuple[Pki, dict[str, int]]) -> AsyncIterator[Rig]:
     gateway.close()
 
 
-def _send(rig: Rig, network: str, sender: str, rcpt: str, raw: bytes) -> tuple[int, bytes]:
+def _send(rig: Rig, network: str, sender: str, rcpt: str | list[str],
+          raw: bytes) -> tuple[int, bytes]:
     """An MTA's view: the reply code (and text) to the DATA of one message."""
     port = rig.ports["a_in" if network == "apicrypt" else "m_in"]
     ctx = ssl.create_default_context(cafile=str(rig.pki.ca_file(network)))
@@ -121,9 +124,10 @@ def _send(rig: Rig, network: str, sender: str, rcpt: str, raw: bytes) -> tuple[i
         client.ehlo("client.test")
         code, text = client.mail(sender)
         assert code == 250, text
-        code, text = client.rcpt(rcpt)
-        if code != 250:
-            return code, text
+        for one in [rcpt] if isinstance(rcpt, str) else rcpt:
+            code, text = client.rcpt(one)
+            if code != 250:
+                return code, text
         return client.data(raw)
 
 
@@ -148,7 +152,7 @@ async def test_a_client_probing_decrypted_content_is_held_off(rig: Rig) -> None:
     assert (await send(rig, JEAN, MARIE_ON_APICRYPT, genuine))[0] == 250
 
 
-async def send(rig: Rig, sender: str, rcpt: str, raw: bytes) -> tuple[int, bytes]:
+async def send(rig: Rig, sender: str, rcpt: str | list[str], raw: bytes) -> tuple[int, bytes]:
     return await asyncio.to_thread(_send, rig, network_of(sender), sender, rcpt, raw)
 
 
@@ -167,6 +171,26 @@ async def test_apicrypt_to_mssante_opened_by_openssl(rig: Rig) -> None:
     assert b"smime=pass" in opened.headers
     assert f"From: <{JEAN_ON_MSSANTE}>".encode() in opened.headers
     assert b"Passerelle" in opened.signer_pem or opened.signer_pem.startswith(b"-----BEGIN")
+
+
+async def test_a_bcc_recipient_is_delivered_its_own_copy(rig: Rig) -> None:
+    """Two envelope recipients, To names one: the next hop gets two transactions, each
+    sealed for its recipient alone. When the second copy is refused for now, the sender is
+    told to retry (a duplicate for the first reader rather than a loss)."""
+    secretariat = "secretariat.cardio.mssante@passerelle.apicrypt.org"
+    raw = user_message(rig.pki, JEAN, MARIE_ON_APICRYPT, text_entity("INR 2,4\n"))
+    code, _ = await send(rig, JEAN, [MARIE_ON_APICRYPT, secretariat], raw)
+    assert code == 250
+    sink = rig.sinks["mssante"]
+    assert [rcpts for _, rcpts, _ in sink.received] == [
+        [MARIE], ["secretariat.cardio@chu-test.mssante.fr"]]
+    assert b"INR 2,4" in open_as_recipient(
+        rig.pki, "secretariat.cardio@chu-test.mssante.fr", sink.received[1][2]).content
+    sink.received.clear()
+    sink.accept_only = 1
+    code, _ = await send(rig, JEAN, [MARIE_ON_APICRYPT, secretariat], raw)
+    assert code == 451
+    assert [rcpts for _, rcpts, _ in sink.received] == [[MARIE]]
 
 
 async def test_mssante_to_apicrypt_opened_by_openssl(rig: Rig) -> None:

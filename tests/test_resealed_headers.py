@@ -178,3 +178,37 @@ def test_a_network_configured_for_gcm(world: tuple[Pki, object, object]) -> None
     with pytest.raises(errors.UnsupportedAlgorithm, match="AuthEnvelopedData"):
         translate_file(strict, build_runtime(strict), raw,  # type: ignore[arg-type]
                        source="apicrypt", at=dt.datetime.now(dt.UTC))
+
+
+@pytest.mark.parametrize("name", [
+    "Marie Curie",                            # the certificate's common name, as is
+    '"Dr CURIE, Marie"',                      # other order, case, a title (quoted)
+    "=?utf-8?q?Marie_Cur=C3=ADe?=",           # an accent added, RFC 2047 encoded
+    "Ｍａｒｉｅ Ｃｕｒｉｅ",                      # full-width letters
+])
+def test_a_display_name_naming_another_known_person_is_dropped(
+        world: tuple[Pki, object, object], name: str) -> None:
+    """Jean signs, but names himself as Marie Curie, a person of the address book (her name is
+    in her certificate in the mssante directory): the relayed From is Jean's alias alone."""
+    line = from_of(resealed_headers(world, f"{name} <{JEAN}>"))
+    assert line == f"From: <{JEAN_ON_MSSANTE}>".encode()
+
+
+def test_the_signer_may_use_their_own_known_name(world: tuple[Pki, object, object]) -> None:
+    line = from_of(resealed_headers(world, f"Dr Jean DUPONT <{JEAN}>"))
+    assert b"Dr Jean DUPONT" in line
+
+
+def test_an_address_book_name_is_a_known_name(tmp_path: Path) -> None:
+    """``name`` in an address-book entry counts as well (no certificate needed)."""
+    root = tmp_path / "pki"
+    init_pki(root)
+    config_file = root / "gateway.toml"
+    config_file.write_text(config_file.read_text("utf-8").replace(
+        'mssante = "secretariat.cardio@chu-test.mssante.fr"',
+        'mssante = "secretariat.cardio@chu-test.mssante.fr"\nname = "Cardiologie CHU Lille"'),
+        "utf-8")
+    config = load_config(config_file)
+    world = (Pki(root), config, build_runtime(config))
+    line = from_of(resealed_headers(world, f"Cardiologie du CHU de Lille <{JEAN}>"))
+    assert line == f"From: <{JEAN_ON_MSSANTE}>".encode()

@@ -207,7 +207,8 @@ def address_book(c: Checker, data: Mapping[str, Any],
         if not isinstance(entry, dict):
             c.problem(p, "must be a table")
             continue
-        c.unknown_keys(entry, NETWORK_NAMES, p)
+        c.unknown_keys(entry, (*NETWORK_NAMES, "name"), p)
+        person = c.string(entry, "name", p)
         values: dict[str, str] = {}
         for name in NETWORK_NAMES:
             key = f"{p}.{name}"
@@ -227,5 +228,6 @@ def address_book(c: Checker, data: Mapping[str, Any],
             seen[(name, normalised)] = key
             values[name] = normalised
         if len(values) == 2:
-            pairs.append(AddressPair(apicrypt=values["apicrypt"], mssante=values["mssante"]))
+            pairs.append(AddressPair(apicrypt=values["apicrypt"], mssante=values["mssante"],
+                                     name=person or ""))
     return tuple(pairs)

@@ -183,6 +183,9 @@ class AddressPair:
 
     apicrypt: str
     mssante: str
+    # The person's name, as mail clients show it: a display name that reads as this person is
+    # dropped from mail another signer wrote (their certificates' names count as well).
+    name: str = ""
 
     def on(self, network: str) -> str:
         return self.apicrypt if network == "apicrypt" else self.mssante

@@ -55,6 +55,7 @@ def make_ca(
     not_before: dt.datetime | None = None,
     days: int = 3650,
     path_length: int | None = None,
+    name_constraints: x509.NameConstraints | None = None,
 ) -> Issued:
     """A root CA (``issuer`` None) or an intermediate CA signed by ``issuer``."""
     key = new_key(key_kind)
@@ -81,6 +82,8 @@ def make_ca(
         .add_extension(ski, critical=False)
     )
     signer_key = issuer.key if issuer else key
+    if name_constraints is not None:
+        builder = builder.add_extension(name_constraints, critical=True)
     if issuer is not None:
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
@@ -104,6 +107,7 @@ def make_leaf(
     eku: Sequence[x509.ObjectIdentifier] | None = (ExtendedKeyUsageOID.EMAIL_PROTECTION,),
     san: bool = True,
     hash_algorithm: Any = None,  # SHA-1 only to make refused certificates in tests
+    capabilities: bytes | None = None,  # DER SMIMECapabilities (RFC 4262 extension)
 ) -> Issued:
     """An end-entity certificate for S/MIME (default) or TLS (``key_usage="tls"``).
 
@@ -153,6 +157,9 @@ def make_leaf(
     names += [x509.DNSName(d) for d in dns_names]
     if san and names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    if capabilities is not None:
+        builder = builder.add_extension(x509.UnrecognizedExtension(
+            x509.ObjectIdentifier("1.2.840.113549.1.9.15"), capabilities), critical=False)
     cert = builder.sign(issuer.key, hash_algorithm or hashes.SHA256())
     return Issued(cert, key)
 

@@ -357,6 +357,30 @@ def _decrypt_content(envelope: Envelope, cek: bytes) -> bytes | None:
 
 # --- encrypt ---------------------------------------------------------------------------------
 
+# RFC 4262: a certificate may carry the sender's S/MIME capabilities as an extension; RFC 8551
+# §2.7.1 lets a sender use what the recipient advertised.
+OID_SMIME_CAPABILITIES = x509.ObjectIdentifier("1.2.840.113549.1.9.15")
+_GCM_CAPABILITIES = frozenset({"2.16.840.1.101.3.4.1.6", "2.16.840.1.101.3.4.1.26",
+                               "2.16.840.1.101.3.4.1.46"})  # id-aes{128,192,256}-GCM
+
+
+def advertises_gcm(cert: x509.Certificate) -> bool:
+    """True when ``cert``'s SMIMECapabilities extension lists an AES-GCM algorithm, so that
+    AuthEnvelopedData (RFC 5083) can be written toward its holder. An unreadable extension
+    advertises nothing (the CBC default still reaches every reader)."""
+    try:
+        ext = cert.extensions.get_extension_for_oid(OID_SMIME_CAPABILITIES)
+    except x509.ExtensionNotFound:
+        return False
+    value = ext.value
+    if not isinstance(value, x509.UnrecognizedExtension):
+        return False
+    with suppress(ValueError, TypeError, AttributeError):
+        capabilities = asn1_cms.SMIMECapabilites.load(value.value, strict=True)
+        return any(c["capability_id"].dotted in _GCM_CAPABILITIES for c in capabilities)
+    return False
+
+
 
 def encrypt(content: bytes, recipients: Sequence[x509.Certificate], *,
             gcm: bool = False) -> bytes:

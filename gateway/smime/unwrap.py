@@ -243,9 +243,21 @@ def seal(
     The content is made canonical (CRLF) first, so what is signed is what the reader hashes.
     Returns the full message, CRLF, ready to relay.
     """
+    return envelop(sign_entity(content, identity, chain=chain), recipients, headers, gcm=gcm)
+
+
+def sign_entity(content: bytes, identity: Identity, *,
+                chain: Sequence[x509.Certificate] = ()) -> bytes:
+    """The multipart/signed entity of ``content`` (made canonical first): signed once, it can
+    be sealed for several groups of recipients (``envelop``)."""
     entity = canonical(content)
     parse_entity(entity)  # a bounded check that it is a MIME entity at all
     signature_der = signature.sign(entity, identity, detached=True, extra_certs=chain)
-    signed = signed_detached_entity(entity, signature_der)
+    return signed_detached_entity(entity, signature_der)
+
+
+def envelop(signed: bytes, recipients: Sequence[x509.Certificate],
+            headers: Sequence[tuple[str, str]], *, gcm: bool = False) -> bytes:
+    """``signed`` encrypted for ``recipients`` (one RecipientInfo each), ``headers`` on top."""
     return prepend_headers(enveloped_entity(envelope.encrypt(signed, recipients, gcm=gcm),
                                             auth=gcm), headers)

@@ -8,7 +8,8 @@ an old and half of a new configuration.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 
 from gateway import errors
 from gateway.config import (
@@ -20,10 +21,12 @@ from gateway.config import (
     read_certificates,
     read_crls,
 )
+from gateway.config.addresses import lookup_key
 from gateway.smime.directory import FolderDirectory
 from gateway.smime.model import Identity
 from gateway.smime.trust import TrustStore
 from gateway.translate import routing
+from gateway.translate.names import KnownNames, certificate_names
 from gateway.translate.pipeline import NetworkRuntime
 from gateway.translate.routing import RoutingTable, routing_from_config
 
@@ -34,6 +37,7 @@ NETWORKS = NETWORK_NAMES
 class Runtime:
     networks: dict[str, NetworkRuntime]
     routing: RoutingTable
+    names: KnownNames = field(default_factory=KnownNames)  # address-book persons' names
 
     def network(self, name: str) -> NetworkRuntime:
         return self.networks[name]
@@ -78,8 +82,25 @@ def _network_runtime(net: NetworkConfig) -> NetworkRuntime:
     )
 
 
+def _known_names(config: Config, networks: dict[str, NetworkRuntime]) -> KnownNames:
+    """Each address-book person's names (the entry's ``name``, the common names of their
+    certificates in either directory) with both of their addresses."""
+    people = []
+    for pair in config.address_book:
+        names = [pair.name] if pair.name else []
+        for name in NETWORKS:
+            with contextlib.suppress(errors.GatewayError):
+                for cert in networks[name].directory.lookup(pair.on(name)):
+                    names += certificate_names(cert)
+        people.append((names, frozenset({lookup_key(pair.apicrypt), lookup_key(pair.mssante)})))
+    return KnownNames(people)
+
+
 def build_runtime(config: Config) -> Runtime:
+    networks: dict[str, NetworkRuntime] = {
+        name: _network_runtime(config.network(name)) for name in NETWORKS}
     return Runtime(
-        networks={name: _network_runtime(config.network(name)) for name in NETWORKS},
+        networks=networks,
         routing=routing_from_config(config),
+        names=_known_names(config, networks),
     )

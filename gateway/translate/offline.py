@@ -76,6 +76,7 @@ def translate_file(config: Config, runtime: Runtime, raw: bytes, *, source: str,
         normalise=functools.partial(normalise, at=moment),
         max_depth=config.gateway.max_depth,
         max_signing_age=config.gateway.max_signing_age,
+        known_names=runtime.names,
     )
 
 

@@ -13,7 +13,6 @@ import contextlib
 import datetime as dt
 import email.header
 import email.utils
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,15 +22,25 @@ from cryptography import x509
 from gateway import errors
 from gateway.config.addresses import lookup_key
 from gateway.smime.directory import CertificateDirectory
+from gateway.smime.envelope import advertises_gcm
 from gateway.smime.mime import parse_entity
 from gateway.smime.model import Identity, Layer, Signer
 from gateway.smime.trust import TrustStore, email_addresses
-from gateway.smime.unwrap import DEFAULT_MAX_DEPTH, mailboxes, seal, single_address, unwrap
+from gateway.smime.unwrap import (
+    DEFAULT_MAX_DEPTH,
+    envelop,
+    mailboxes,
+    sign_entity,
+    single_address,
+    unwrap,
+)
+from gateway.translate.names import KnownNames, display, display_name, header_text
 
 # Headers carried over from the received message as they are (Subject stays what the sender
 # wrote; thread headers keep conversations together on the other side).
 _CARRIED = ("Subject", "Date", "Message-ID", "In-Reply-To", "References")
 _MAX_ADDRESS_HEADER = 16 * 1024
+_MAX_ADDRESS_FIELD = 16 * 1024  # To/Cc values longer than this are not read for addressees
 
 
 @dataclass(frozen=True)
@@ -69,13 +78,27 @@ def carry_over(content: bytes, source: NetworkRuntime, destination: NetworkRunti
 
 
 @dataclass(frozen=True)
-class Translation:
+class SealedCopy:
     raw: bytes  # the re-sealed message, ready for the next hop
+    recipients: tuple[str, ...]  # its envelope recipients on the destination network
+
+
+@dataclass(frozen=True)
+class Translation:
+    copies: tuple[SealedCopy, ...]  # one for the To/Cc recipients, one per Bcc recipient
     mail_from: str  # envelope sender on the destination network
-    recipients: tuple[str, ...]  # envelope recipients on the destination network
     signer: Signer
     layers: tuple[Layer, ...]
     facts: dict[str, str]  # sizes, algorithms, normalisation decisions: safe to log
+
+    @property
+    def raw(self) -> bytes:
+        """The first copy (the one the To/Cc recipients read)."""
+        return self.copies[0].raw
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        return tuple(r for copy in self.copies for r in copy.recipients)
 
 
 def recipient_certificate(runtime: NetworkRuntime, address: str,
@@ -105,47 +128,11 @@ def _single_address(value: str | None) -> str:
     return single_address(value)
 
 
-def display_name(value: str) -> str:
-    """The display name of a ``Name <addr>`` From, unquoted and with its RFC 2047 encoded
-    words decoded (what a mail client will show); empty when there is none."""
-    if "<" not in value:
-        return ""
-    name = value[: value.rfind("<")].strip()
-    if len(name) >= 2 and name[0] == name[-1] == '"':
-        name = name[1:-1]
-    try:
-        name = str(email.header.make_header(email.header.decode_header(name)))
-    except (ValueError, LookupError, UnicodeError):  # undecodable words: no name at all
-        return ""
-    return name.strip()
-
-
-_MAX_ADDRESS_FIELD = 16 * 1024  # To/Cc values longer than this are not read for addressees
-# "@" and its look-alikes (full-width, small): a name holding one reads as an address.
-_AT_SIGNS = frozenset("@\uff20\ufe6b")
-
-
-def _display(name: str, address: str) -> str:
-    # A display name holding an address is the classic spoof ("boss@corp" <eve@corp>): the
-    # name is the sender's free text, only the address was verified. Drop such names, judged
-    # as decoded (an encoded word can hide the "@") and after compatibility folding.
-    folded = unicodedata.normalize("NFKC", name)
-    if (not name or "<" in folded or not name.isprintable()
-            or any(c in _AT_SIGNS for c in name + folded)):
-        return f"<{address}>"
-    return email.utils.formataddr((name, address), charset="utf-8")
-
-
 def ascii_header(value: str) -> str:
     """A carried header value as 7-bit: raw 8-bit (RFC 6532 or legacy) becomes RFC 2047."""
     if value.isascii():
         return value
-    octets = value.encode("latin-1", "replace")  # parse_entity decoded the octets as latin-1
-    try:
-        text = octets.decode("utf-8")
-    except UnicodeDecodeError:
-        text = octets.decode("cp1252", "replace")
-    return email.header.Header(text, "utf-8", maxlinelen=998).encode()
+    return email.header.Header(header_text(value), "utf-8", maxlinelen=998).encode()
 
 
 def translate(
@@ -163,12 +150,14 @@ def translate(
     normalise: Normaliser = carry_over,
     max_depth: int = DEFAULT_MAX_DEPTH,
     max_signing_age: dt.timedelta | None = None,
+    known_names: KnownNames | None = None,
 ) -> Translation:
     """Open, verify, normalise and re-seal ``raw`` for ``recipients`` on ``destination``.
 
     ``mail_from`` and ``recipients`` are already routed (destination-side addresses);
     ``map_sender`` rewrites a source-side address into its destination-side alias (for the
-    From header), raising ``SenderRefused`` when it cannot.
+    From header), raising ``SenderRefused`` when it cannot. ``known_names``: the persons a
+    From display name must not claim to be unless the signer is them.
     """
     if not recipients:
         raise errors.RecipientRefused("no routable recipient")
@@ -199,14 +188,15 @@ def translate(
         ("Received", f"from {source.name} by {hostname} with ESMTPS id {trace_id}; "
                      f"{email.utils.format_datetime(at)}"),
         ("Authentication-Results", authentication_results(hostname, map_sender(from_address))),
-        ("From", _display(from_name, map_sender(from_address))),
+        ("From", display(from_name, map_sender(from_address), signer.addresses, known_names)),
         # RFC 8551 §3: the signer must match From or Sender; the gateway signs, so it is
         # the Sender, and the author stays in From for replies to route back.
         ("Sender", f"<{min(email_addresses(destination.identity.certificate))}>"),
-        # protected To/Cc (in the signed part, RFC 9788) win over the outer, unprotected ones
-        *_addressees(protected if _protects_recipients(protected) else outer, recipients,
-                     map_recipient),
     ]
+    # protected To/Cc (in the signed part, RFC 9788) win over the outer, unprotected ones
+    addressees, named = _addressees(protected if _protects_recipients(protected) else outer,
+                                    recipients, map_recipient)
+    headers.extend(addressees)
     for name in _CARRIED:
         value = protected.get(name) or outer.get(name)
         if value is not None:
@@ -224,27 +214,50 @@ def translate(
     headers.extend(normalised.headers)
     headers.append(("MIME-Version", "1.0"))
 
-    sealed = seal(normalised.content, destination.identity, certificates, headers,
-                  chain=destination.identity_chain, gcm=destination.write_gcm)
+    signed = sign_entity(normalised.content, destination.identity,
+                         chain=destination.identity_chain)
+    copies = tuple(
+        SealedCopy(envelop(signed, [certificates[i] for i in group], headers,
+                           gcm=_gcm_for(destination, [certificates[i] for i in group])),
+                   tuple(recipients[i] for i in group))
+        for group in _copy_groups(recipients, named))
     facts = {
         "size_in": str(len(raw)),
         "size_content": str(len(unwrapped.content)),
-        "size_out": str(len(sealed)),
+        "size_out": str(sum(len(c.raw) for c in copies)),
+        "copies": str(len(copies)),
         "layers": ",".join(layer.kind for layer in unwrapped.layers),
         "signer_serial": format(signer.certificate.serial_number, "x"),
         "digest": signer.digest_algorithm,
         **normalised.facts,
     }
-    return Translation(sealed, mail_from, tuple(recipients), signer, unwrapped.layers, facts)
+    return Translation(copies, mail_from, signer, unwrapped.layers, facts)
 
 
-def _addressees(outer: Any, recipients: Sequence[str],
-                map_recipient: Callable[[str], str] | None) -> list[tuple[str, str]]:
-    """To and Cc as the author wrote them, mapped, and only for recipients of this copy: an
-    envelope recipient named in neither (a Bcc) is never written where the others read it."""
+def _copy_groups(recipients: Sequence[str], named: set[str]) -> list[list[int]]:
+    """Which recipients share a sealed copy: those named in To/Cc share one; each other (a
+    Bcc) gets its own, since every RecipientInfo of an envelope (issuer and serial of the
+    recipient's certificate) can be read by every reader of it."""
+    visible = [i for i, r in enumerate(recipients) if r in named]
+    hidden = [[i] for i, r in enumerate(recipients) if r not in named]
+    return ([visible] if visible else []) + hidden
+
+
+def _gcm_for(destination: NetworkRuntime, certificates: Sequence[x509.Certificate]) -> bool:
+    """AuthEnvelopedData when the network is configured for it, or when every reader of this
+    copy advertises AES-GCM in its certificate (RFC 4262 SMIMECapabilities)."""
+    return destination.write_gcm or all(advertises_gcm(c) for c in certificates)
+
+
+def _addressees(outer: Any, recipients: Sequence[str], map_recipient: Callable[[str], str] | None,
+                ) -> tuple[list[tuple[str, str]], set[str]]:
+    """To and Cc as the author wrote them, mapped, and only for recipients of this
+    transaction, with the set of recipients they name: an envelope recipient named in neither
+    (a Bcc) is never written where the others read it."""
     if map_recipient is None:  # no routing at hand (offline tools): the envelope, as To
-        return [("To", ", ".join(f"<{r}>" for r in recipients))]
+        return [("To", ", ".join(f"<{r}>" for r in recipients))], set(recipients)
     out: list[tuple[str, str]] = []
+    named: set[str] = set()
     for name in ("To", "Cc"):
         mapped: list[str] = []
         for value in outer.get_all(name):
@@ -255,7 +268,8 @@ def _addressees(outer: Any, recipients: Sequence[str],
                         mapped.append(target)
         if mapped:
             out.append((name, ", ".join(f"<{r}>" for r in mapped)))
-    return out or [("To", "undisclosed-recipients:;")]
+            named.update(mapped)
+    return out or [("To", "undisclosed-recipients:;")], named
 
 
 def _check_signing_age(signer: Signer, at: dt.datetime, limit: dt.timedelta | None) -> None:

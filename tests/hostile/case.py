@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tests.hostile.world import World
 
-CATEGORIES = ("smtp", "mime", "cms", "cert", "payload")
+CATEGORIES = ("smtp", "mime", "cms", "cert", "payload",
+              # the families of the security review (review_cases.py)
+              "oracle", "identity", "headers", "exhaustion")
+REVIEW_FAMILIES = CATEGORIES[5:]
 
 
 @dataclass(frozen=True)

@@ -268,11 +268,18 @@ case("50 copies of one recipient: one delivery", "250 2.0.0", lambda w: [
     ex(f"MAIL FROM:<{JEAN}>\r\n".encode() + f"RCPT TO:<{MARIE_ON_APICRYPT}>\r\n".encode() * 50
        + b"DATA\r\n", "250 2.1.0", *["250 2.1.5"] * 50, "354"),
     ex(_genuine(w) + b".\r\n", "250 2.0.0")], relays=1)
-case("two recipients: one delivery to both", "250 2.0.0", lambda w: [
+case("two recipients named in To and Cc: one delivery to both", "250 2.0.0", lambda w: [
     ex(f"MAIL FROM:<{JEAN}>\r\nRCPT TO:<{MARIE_ON_APICRYPT}>\r\n"
        f"RCPT TO:<{SECRETARIAT_ON_APICRYPT}>\r\nDATA\r\n".encode(),
        "250 2.1.0", "250 2.1.5", "250 2.1.5", "354"),
-    ex(_genuine(w) + b".\r\n", "250 2.0.0")], relays=1)
+    ex(w.once("smtp-genuine-cc", lambda w: w.message(
+        text_entity("message cc\n"), extra=f"Cc: {SECRETARIAT_ON_APICRYPT}\r\n"))
+       + b".\r\n", "250 2.0.0")], relays=1)
+case("two recipients, the second a Bcc: a sealed copy each", "250 2.0.0", lambda w: [
+    ex(f"MAIL FROM:<{JEAN}>\r\nRCPT TO:<{MARIE_ON_APICRYPT}>\r\n"
+       f"RCPT TO:<{SECRETARIAT_ON_APICRYPT}>\r\nDATA\r\n".encode(),
+       "250 2.1.0", "250 2.1.5", "250 2.1.5", "354"),
+    ex(_genuine(w) + b".\r\n", "250 2.0.0")], relays=2)
 
 
 # --- before STARTTLS (no TLS from the rig) ----------------------------------------------------

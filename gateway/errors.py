@@ -83,6 +83,8 @@ STARTTLS_TOO_LATE = Reply(421, "4.7.0", "No STARTTLS in time, closing connection
 SESSION_TOO_LONG = Reply(421, "4.4.2", "Session too long, closing connection")
 TOO_MANY_IDLE_COMMANDS = Reply(421, "4.7.0", "Too many commands without a message, closing")
 IDLE_SESSION_DROPPED = Reply(421, "4.7.0", "Listener full: idle connection closed")
+# PROXY v2 LOCAL / v1 UNKNOWN: the balancer's own connection (a health check) carries no mail
+HEALTH_CHECK_NO_MAIL = Reply(503, "5.5.1", "Balancer health check connection: no mail")
 DATA_SYNTAX = Reply(501, "5.5.4", "Syntax: DATA")
 
 # next hop (gateway.transport.smtp_out): why a relay did not happen, or what the hop said

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiosmtplib
 import pytest
+import structlog
 
 from gateway import errors
 from gateway.errors import Reply
@@ -580,3 +581,39 @@ async def test_proxy_protocol_message_peer(tls_in: TlsFiles) -> None:
         code, _ = await asyncio.to_thread(send, port)
     assert code == 250
     assert [m.peer for m in rec.messages] == ["203.0.113.7"]
+
+
+@pytest.mark.parametrize("header", [
+    # HAProxy's check-send-proxy with send-proxy-v2: version 2, command LOCAL, no addresses
+    b"\r\n\r\n\x00\r\nQUIT\n" + b"\x20\x00\x00\x00",
+    b"PROXY UNKNOWN\r\n",  # PROXY v1 from a balancer that has no client to name
+])
+async def test_a_balancer_health_check_is_greeted_and_carries_no_mail(
+        tls_in: TlsFiles, header: bytes) -> None:
+    """PROXY v2 LOCAL / v1 UNKNOWN is the balancer's own connection: greeted, EHLO answered,
+    QUIT closes cleanly; MAIL is refused (it names no client to judge or count), nothing is
+    relayed, and the log says it at debug only."""
+    rec = Recorder()
+    settings = settings_for(tls_in, proxy_protocol=True)
+    with structlog.testing.capture_logs() as logs:
+        async with listener(settings, rec) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(header)
+            assert (await reader.readline()).startswith(b"220")
+            writer.write(b"EHLO haproxy.example.org\r\n")
+            lines = [await reader.readline()]
+            while lines[-1][3:4] == b"-":
+                lines.append(await reader.readline())
+            assert lines[-1].startswith(b"250 ")
+            writer.write(b"MAIL FROM:<" + SENDER.encode() + b">\r\n")
+            assert (await reader.readline())[:3] in (b"530", b"503")  # before or after TLS
+            writer.write(b"QUIT\r\n")
+            assert (await reader.readline()).startswith(b"221")
+            assert await reader.read() == b""
+            writer.close()
+    assert rec.messages == []
+    events = {e["event"]: e["log_level"] for e in logs}
+    assert events.get("proxy.health_check") == "debug"
+    assert "proxy.invalid" not in events
+    assert all(level == "debug" for event, level in events.items()
+               if event.startswith("session."))

@@ -51,6 +51,7 @@ from gateway.errors import (
     COMMAND_UNRECOGNISED,
     DATA_SYNTAX,
     DOWNSTREAM_DEFERRED,
+    HEALTH_CHECK_NO_MAIL,
     IDLE_SESSION_DROPPED,
     LOCAL_ERROR,
     MALFORMED_ADDRESS,
@@ -178,9 +179,17 @@ class _Handler:
                            proxy_data: Any) -> bool:
         """PROXY protocol: log and limit by the real client, not by the balancer."""
         source = getattr(proxy_data, "src_addr", None)
-        if not getattr(proxy_data, "valid", False) or source is None:
+        if not getattr(proxy_data, "valid", False):
             self.log.warning("proxy.invalid", peer=_peer_ip(session.peer))
             return False
+        if source is None:
+            # v2 LOCAL or v1 UNKNOWN: the balancer speaks for itself (HAProxy's check-send-proxy
+            # health check). Served as the balancer (greeting, EHLO, QUIT), never with mail.
+            self.log.debug("proxy.health_check", balancer=_peer_ip(session.peer),
+                           version=getattr(proxy_data, "version", None))
+            if isinstance(server, _Session):
+                server.health_check = True
+            return True
         real = str(source)
         self.log.info("proxy.client", peer=real, balancer=_peer_ip(session.peer))
         session.peer = (real, getattr(proxy_data, "src_port", 0))
@@ -326,6 +335,7 @@ class _Session(SMTP):
         self._messages = 0
         self._idle_commands = 0  # NOOP/RSET/HELP/VRFY since the last MAIL
         self._timers: list[asyncio.TimerHandle] = []
+        self.health_check = False  # a PROXY LOCAL/UNKNOWN connection: the balancer's probe
 
     def _create_envelope(self) -> _Envelope:
         return _Envelope()
@@ -351,7 +361,9 @@ class _Session(SMTP):
             self._admitted = self._state.admit(self._ip)
             self._refused_session = not self._admitted
             if self._admitted:
-                log.info("session.open", network=self._state.settings.network, peer=self._ip)
+                # behind a balancer the client is known from the PROXY header (behind_proxy)
+                (log.debug if self._state.settings.proxy_protocol else log.info)(
+                    "session.open", network=self._state.settings.network, peer=self._ip)
                 self._start_bounds()
             else:
                 log.warning("session.refused", network=self._state.settings.network,
@@ -367,7 +379,9 @@ class _Session(SMTP):
         self._state.release(self._ip)
         self._ip = real_ip
         self._admitted = self._state.admit(real_ip)
-        if not self._admitted:
+        if self._admitted:
+            log.info("session.open", network=self._state.settings.network, peer=real_ip)
+        else:
             log.warning("session.refused", network=self._state.settings.network,
                         peer=real_ip, sessions=self._state.sessions)
         return self._admitted
@@ -441,7 +455,9 @@ class _Session(SMTP):
         admitted = self._admitted
         self._release_slot()
         if admitted:
-            log.info("session.close", network=self._state.settings.network, peer=self._ip,
+            # a balancer's health check every few seconds is not worth an info line
+            (log.debug if self.health_check else log.info)(
+                "session.close", network=self._state.settings.network, peer=self._ip,
                      messages=self._messages,
                      duration_ms=round((time.perf_counter() - self._opened) * 1000, 1))
         super().connection_lost(error)
@@ -491,6 +507,9 @@ class _Session(SMTP):
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
+        if self.health_check:
+            await self.push(str(HEALTH_CHECK_NO_MAIL))
+            return
         # aiosmtpd answers a null sender with a syntax error; the envelope policy decides.
         if (arg is not None and self.session is not None and self.session.host_name
                 and self.envelope is not None and not self.envelope.mail_from

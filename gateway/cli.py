@@ -147,6 +147,38 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run(Path(args.config), workers=args.workers)
 
 
+def _cmd_trace(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from gateway.errors import ConfigError
+    from gateway.obs import keyed_pseudonym
+    from gateway.story import find, parse_lines, render, tokens_for
+
+    try:
+        config = load_config(Path(args.config))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    key_file = config.gateway.pseudonym_key_file
+    if key_file is None:
+        print("error: gateway.pseudonym_key_file is not set: the gateway hashed addresses "
+              "with a random key per process, which cannot be recomputed", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        with Path(args.logfile).open(encoding="utf-8", errors="replace") as log_lines:
+            events = parse_lines(log_lines)
+    except OSError as exc:
+        print(f"error: cannot read {args.logfile}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    stories = find(events, tokens_for(args.query, keyed_pseudonym(
+        key_file.read_bytes().strip())))
+    for story in stories:
+        print(render(story))
+    if not stories:
+        print("no message found", file=sys.stderr)
+        return EXIT_REFUSED
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import demo
 
@@ -192,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--hostname", default="passerelle.localhost")
     q.add_argument("--force", action="store_true", help="overwrite a non-empty DIR")
     q.set_defaults(func=_cmd_pki_init)
+
+    p = sub.add_parser("trace", help="one message's story from a JSON log: was it delivered, "
+                       "and where (by an address or a Message-ID)")
+    p.add_argument("--config", required=True, metavar="FILE",
+                   help="the gateway's configuration (for its pseudonym_key_file)")
+    p.add_argument("logfile", metavar="LOGFILE")
+    p.add_argument("query", metavar="ADDRESS|MESSAGE-ID")
+    p.set_defaults(func=_cmd_trace)
 
     p = sub.add_parser("check-config", help="validate a configuration and the files it names")
     p.add_argument("file", metavar="FILE")

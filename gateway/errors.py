@@ -100,6 +100,12 @@ def next_hop_refused(code: int, status: str | None, said: str) -> Reply:
     return Reply(code, status or "5.0.0", f"{NEXT_HOP_REFUSED_TEXT} {said}".rstrip())
 
 
+def traced(reply: Reply, trace_id: str) -> Reply:
+    """The reply to a message with the gateway's trace id, so that the sending MTA's log
+    (which keeps the reply text) leads to the gateway's events of that message."""
+    return Reply(reply.code, reply.status, f"{reply.text} [trace {trace_id}]")
+
+
 def relayed(said: str) -> Reply:
     """``OK``, followed by the next hop's own words (its queue id) when it said any."""
     return Reply(OK.code, OK.status, f"{OK.text} ({said})" if said else OK.text)

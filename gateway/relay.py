@@ -173,13 +173,13 @@ class MessagePath:
                    duration_ms=round((time.perf_counter() - t0) * 1000, 1),
                    **translation.facts)
         t1 = time.perf_counter()
-        reply = await self._deliver_copies(translation, destination, bound)
+        reply = await self._deliver_copies(translation, destination, message.trace_id, bound)
         self.metrics.stage(f"{source}->{destination}", "deliver", time.perf_counter() - t1)
         bound.info("deliver.done", reply=reply.code, status=reply.status,
                    duration_ms=round((time.perf_counter() - t1) * 1000, 1))
         return reply
 
-    async def _deliver_copies(self, translation: Translation, destination: str,
+    async def _deliver_copies(self, translation: Translation, destination: str, trace: str,
                               bound: structlog.typing.FilteringBoundLogger) -> errors.Reply:
         """Each sealed copy in turn (one for To/Cc, one per Bcc); the first failure is the
         answer. After a copy went through, a failure still answers as the next hop did: a
@@ -188,7 +188,7 @@ class MessagePath:
         reply = errors.LOCAL_ERROR  # (translate never returns no copy)
         for delivered, copy in enumerate(translation.copies):
             reply = await self.delivery_for(destination).deliver(
-                translation.mail_from, copy.recipients, copy.raw)
+                translation.mail_from, copy.recipients, copy.raw, trace=trace)
             if reply.code != errors.OK.code:
                 if delivered:
                     bound.warning("deliver.partial", copies=len(translation.copies),

@@ -75,9 +75,19 @@ def foreign_replies(lines: list[str]) -> list[str]:
     refused = re.compile(rf"5\d\d 5\.\d{{1,3}}\.\d{{1,3}} {re.escape(errors.NEXT_HOP_REFUSED_TEXT)}"
                          r"( .*)?")
     relayed = re.compile(re.escape(str(errors.OK)) + r"( \(.*\))?")
-    return [line for line in lines
+    untraced = [_TRACE_SUFFIX.sub("", line) for line in lines]
+    return [line for line in untraced
             if line not in named and not PROTOCOL_LINES.fullmatch(line)
             and not refused.fullmatch(line) and not relayed.fullmatch(line)]
+
+
+# errors.traced: a reply to a message ends with the gateway's trace id
+_TRACE_SUFFIX = re.compile(r" \[trace [0-9a-f]{16}\]$")
+
+
+def untraced(line: str) -> str:
+    """A reply line without the trace id that errors.traced adds to replies to messages."""
+    return _TRACE_SUFFIX.sub("", line)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1] / "gateway"
 RANK = {
     "__main__": 9, "cli": 8, "demo": 7, "app": 6, "relay": 5, "devpki": 5,
     "transport": 4, "translate": 3, "smime": 2, "formats": 2,
-    "config": 1, "obs": 1, "metrics": 1, "errors": 0, "memo": 0, "__init__": 0,
+    "story": 2, "config": 1, "obs": 1, "metrics": 1, "errors": 0, "memo": 0, "__init__": 0,
 }
 
 

@@ -52,6 +52,7 @@ class Running:
     proc: subprocess.Popen[bytes]
     sink: SlowSink
     log_path: Path
+    sink_port: int = 0
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
@@ -91,7 +92,7 @@ def running(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Running]
                                  str(pki.config)], stderr=log, stdout=log)
     try:
         _wait_port(ports["a_in"], proc)
-        yield Running(pki, ports["a_in"], proc, sink, log_path)
+        yield Running(pki, ports["a_in"], proc, sink, log_path, ports["m_out"])
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -360,3 +361,28 @@ def test_a_port_already_taken_is_a_clear_error_not_a_crash(tmp_path: Path, worke
     failed = [e for e in events if e["event"] == "listener.failed"]
     assert failed and all(e["address"] == f"127.0.0.1:{ports[taken]}" for e in failed)
     assert not [e for e in events if e["event"] == "worker.died"]  # not respawned
+
+
+def test_gateway_trace_tells_where_a_message_went(running: Running) -> None:
+    """The operator's question, from the log alone: was it delivered, and where? The log
+    holds only keyed tokens; `gateway trace` recomputes them with the key file."""
+    result: list[tuple[int, bytes]] = []
+    _send(running, _message(running, 7), result)
+    assert result[0][0] == 250
+    _wait_event(running.log_path, "message.done")
+    trace_in_reply = result[0][1].decode().rsplit("[trace ", 1)[1].rstrip("]")
+
+    def trace(query: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway", "trace", "--config",
+                               str(running.pki.config), str(running.log_path), query],
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    next_hop = f"127.0.0.1:{running.sink_port}"
+    for query in (MARIE, MARIE_ON_APICRYPT, JEAN, "<life-7@test>", "life-7@test"):
+        found = trace(query)
+        assert found.returncode == 0, found.stderr
+        assert f"trace {trace_in_reply}" in found.stdout, query
+        assert f"=> delivered to {next_hop}" in found.stdout, found.stdout
+        assert "answered 250 2.0.0" in found.stdout
+    missing = trace("nobody@hopital-test.mssante.fr")
+    assert missing.returncode == 1 and "no message found" in missing.stderr

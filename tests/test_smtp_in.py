@@ -22,6 +22,7 @@ from gateway.errors import Reply
 from gateway.translate import routing
 from gateway.transport import smtp_in, tls
 from gateway.transport.smtp_in import InboundMessage, ListenerSettings, start_listener
+from tests.conftest import untraced
 from tests.test_smtp_out import TlsFiles, make_tls_files
 
 SENDER = "jean.dupont@medical59.apicrypt.org"
@@ -121,11 +122,12 @@ async def connect(port: int, files: TlsFiles, *, starttls: bool = True,
 
 
 async def code_of(coro: Awaitable[Any]) -> tuple[int, str]:
+    """The reply's code and text (without the trace id a reply to a message ends with)."""
     try:
         response = await coro
     except aiosmtplib.SMTPResponseException as exc:
-        return exc.code, exc.message
-    return response.code, response.message
+        return exc.code, untraced(exc.message)
+    return response.code, untraced(response.message)
 
 
 # --- tests ------------------------------------------------------------------------------------
@@ -617,3 +619,38 @@ async def test_a_balancer_health_check_is_greeted_and_carries_no_mail(
     assert "proxy.invalid" not in events
     assert all(level == "debug" for event, level in events.items()
                if event.startswith("session."))
+
+
+async def test_a_reply_to_a_message_names_its_trace_and_the_log_keys_it(
+        tls_in: TlsFiles) -> None:
+    """The sending MTA's log keeps our reply text: its trace id leads to our events, and
+    message.received carries keyed hashes of the envelope and of the Message-ID (no address
+    in clear), so `gateway trace` can find the message from either."""
+    rec = Recorder()
+    settings = settings_for(tls_in)
+    body = b"Message-ID: <trace-1@example.test>\r\nSubject: x\r\n\r\nbody\r\n"
+    with structlog.testing.capture_logs() as logs:
+        async with listener(settings, rec) as port:
+            smtp = await connect(port, tls_in)
+            await smtp.mail(SENDER)
+            await smtp.rcpt(RCPT)
+            response = await smtp.data(body)
+            await smtp.quit()
+    [received] = [e for e in logs if e["event"] == "message.received"]
+    assert response.message.endswith(f" [trace {received['trace']}]")
+    assert received["message_id"] == settings.pseudo("<trace-1@example.test>")
+    assert received["mail_from"] == settings.pseudo(SENDER)
+    assert received["rcpts"] == [settings.pseudo(RCPT)]
+    assert SENDER not in str(logs) and RCPT not in str(logs) and "trace-1" not in str(logs)
+
+
+async def test_mail_before_starttls_is_logged(tls_in: TlsFiles) -> None:
+    rec = Recorder()
+    with structlog.testing.capture_logs() as logs:
+        async with listener(settings_for(tls_in), rec) as port:
+            smtp = await connect(port, tls_in, starttls=False)
+            await smtp.ehlo()
+            assert (await code_of(smtp.mail(SENDER)))[0] == 530
+            await smtp.quit()
+    [refused] = [e for e in logs if e["event"] == "mail.refused"]
+    assert refused["error"] == "StartTlsRequired" and refused["reply"] == 530

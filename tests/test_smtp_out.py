@@ -545,7 +545,7 @@ _LOOKAROUND = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 @given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b".", b"\r\r\n", b"\n\r"]),
                 max_size=30))
 def test_bare_newline_check_agrees_with_the_lookaround(parts: list[bytes]) -> None:
-    from gateway.transport.smtp_in import has_bare_cr_or_lf
+    from gateway.transport.wire import has_bare_cr_or_lf
 
     content = b"".join(parts)
     assert has_bare_cr_or_lf(content) == bool(_LOOKAROUND.search(content))

@@ -14,6 +14,7 @@ import pytest
 
 from gateway import errors
 from gateway.transport import tls
+from tests.conftest import untraced
 from tests.test_smtp_in import (
     RCPT,
     ROUTED,
@@ -65,7 +66,7 @@ class Raw:
                 raise ConnectionError("closed")
             text = line.decode("ascii").rstrip("\r\n")
             if len(text) < 4 or text[3] != "-":
-                return text
+                return untraced(text)
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)

@@ -8,7 +8,7 @@ reference only (``InboundMessage.release`` drops it once translated).
 from __future__ import annotations
 
 import functools
-import hashlib
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -16,20 +16,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import GatewaySettings, NetworkConfig, default_of
+from gateway.obs import keyed_pseudonym
 
 _G = functools.partial(default_of, GatewaySettings)  # its field defaults
 _N = functools.partial(default_of, NetworkConfig)  # its field defaults
 
 
-def keyed_pseudonym(key: bytes) -> Callable[[str], str]:
-    """A pseudonymiser: keyed BLAKE2b of the lower-cased address, 16 hex characters."""
+# The first Message-ID field of the header block (folded lines joined), read from at most
+# the first 64 KiB: a header block longer than that has none worth tracing.
+_MESSAGE_ID = re.compile(rb"(?im)^message-id:[ \t]*((?:.*)(?:\r\n[ \t].*)*)")
+_HEADER_SCAN = 65536
 
-    def pseudonymise(address: str) -> str:
-        digest = hashlib.blake2b(address.strip().lower().encode("utf-8", "surrogateescape"),
-                                 key=key[:64], digest_size=8)
-        return digest.hexdigest()
 
-    return pseudonymise
+def message_id_of(content: bytes) -> str | None:
+    """The message's Message-ID as written (outer header), or None; for keyed hashing only."""
+    head = content[:_HEADER_SCAN].split(b"\r\n\r\n", 1)[0]
+    found = _MESSAGE_ID.search(head)
+    if found is None:
+        return None
+    value = b" ".join(found.group(1).split()).decode("ascii", "replace")
+    return value or None
 
 
 @dataclass(frozen=True)

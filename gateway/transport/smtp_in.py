@@ -19,7 +19,7 @@ and any NUL (RFC 5321 §4.5.2 / RFC 6152: not in 8BITMIME text) with ``550 5.5.2
 A smuggled second message is therefore never seen as one, and the session stays in step.
 
 aiosmtpd's own replies carry no enhanced status code and some are vague ("500 Error: strict
-ASCII mode" for an 8-bit ``RCPT``); ``_LIBRARY_REPLIES`` translates those its own command
+ASCII mode" for an 8-bit ``RCPT``); ``wire.library_reply`` translates those its own command
 handlers write to named replies; the commands this module implements push ours directly.
 Logs carry pseudonymised addresses only (``ListenerSettings.pseudonymise``).
 
@@ -47,14 +47,11 @@ from gateway.errors import (
     BARE_NEWLINE,
     CLIENT_CERT_REFUSED,
     CLIENT_CLOSED,
-    COMMAND_TOO_LONG,
-    COMMAND_UNRECOGNISED,
     DATA_SYNTAX,
     DOWNSTREAM_DEFERRED,
     HEALTH_CHECK_NO_MAIL,
     IDLE_SESSION_DROPPED,
     LOCAL_ERROR,
-    MALFORMED_ADDRESS,
     MESSAGE_TOO_BIG,
     NEED_RECIPIENT,
     NON_ASCII_COMMAND,
@@ -74,48 +71,25 @@ from gateway.errors import (
     TOO_MANY_SESSIONS,
     GatewayError,
     Reply,
+    traced,
 )
 from gateway.memo import Memo
-from gateway.obs import new_trace_id
-from gateway.transport.inbound import InboundMessage, ListenerSettings, keyed_pseudonym
+from gateway.obs import keyed_pseudonym, new_trace_id
+from gateway.transport.inbound import InboundMessage, ListenerSettings, message_id_of
 from gateway.transport.limits import ListenerState
 from gateway.transport.smtp_data import DataVerdict, read_data
+from gateway.transport.wire import CRLF as _CRLF
+from gateway.transport.wire import has_bare_cr_or_lf, library_reply
+from gateway.transport.wire import render as _render
 
 log = structlog.get_logger("gateway.smtp_in")
 
-# Replies aiosmtpd writes in its own command handlers (not ours to word) -> ours, exact
-# matches; anything else goes out as aiosmtpd wrote it: protocol lines that carry no policy
-# (greeting, EHLO, syntax help, sequence errors: tests/test_replies.py lists them).
-_LIBRARY_REPLIES: dict[str, Reply] = {
-    "500 Error: strict ASCII mode": NON_ASCII_COMMAND,
-    "500 Command line too long": COMMAND_TOO_LONG,
-    "552 Error: message size exceeds fixed maximum message size": MESSAGE_TOO_BIG,
-    "530 Must issue a STARTTLS command first": STARTTLS_REQUIRED,
-    "554 Command refused due to lack of security": CLIENT_CERT_REFUSED,
-    "553 5.1.3 Error: malformed address": MALFORMED_ADDRESS,
-}
-
-# aiosmtpd echoes an unknown command (any ASCII, control characters included) in its reply.
-_UNRECOGNISED = re.compile(r'500 Error: command (".*"|\'.*\') not recognized', re.DOTALL)
-_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
-_CRLF = b"\r\n"
 # How much of a message the session's reader may buffer at once (see _Session.smtp_DATA).
 _DATA_BUFFER_BYTES = 64 * 1024
 # Parsed MAIL/RCPT arguments (aiosmtpd's parser builds a class per call): few distinct values.
 _ADDRESS_CACHE_SIZE = 4096
 _ADDRESS_CACHE_MAX_ARG = 512
 _addresses: Memo[tuple[str, int], tuple[str | None, str | None]] = Memo(_ADDRESS_CACHE_SIZE)
-
-
-def has_bare_cr_or_lf(content: bytes) -> bool:
-    """True if a CR is not followed by LF or a LF not preceded by CR.
-
-    Every CRLF holds one CR and one LF, so there is none bare exactly when the three counts
-    agree (``bytes.count`` is a C scan: ~50 times cheaper than a look-around regex).
-    """
-    pairs = content.count(_CRLF)
-    return content.count(b"\r") != pairs or content.count(b"\n") != pairs
-_PRINTABLE_REPLY = re.compile(r"[2-5]\d\d [2-5]\.\d{1,3}\.\d{1,3} [\x20-\x7e]{1,400}")
 
 
 CheckSender = Callable[[str], object]  # raises GatewayError; its result is ignored
@@ -127,15 +101,6 @@ class _Envelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.routed: list[str] = []
-
-
-def _render(reply: object) -> str:
-    """A reply as a wire line; anything not a well-formed reply becomes LOCAL_ERROR."""
-    if isinstance(reply, Reply):
-        line = str(reply)
-        if _PRINTABLE_REPLY.fullmatch(line):
-            return line
-    return str(LOCAL_ERROR)
 
 
 def _peer_ip(peer: object) -> str:
@@ -249,11 +214,13 @@ class _Handler:
         trace_id = new_trace_id()
         bound = self.log.bind(trace=trace_id, peer=_peer_ip(session.peer))
         if b"\0" in content:
-            bound.warning("mail.refused", stage="DATA", error="NulCharacter", reply=550)
-            return _render(NUL_NOT_ALLOWED)
+            bound.warning("mail.refused", stage="DATA", error="NulCharacter",
+                          reply=NUL_NOT_ALLOWED.code, status=NUL_NOT_ALLOWED.status)
+            return _render(traced(NUL_NOT_ALLOWED, trace_id))
         if has_bare_cr_or_lf(content):
-            bound.warning("mail.refused", stage="DATA", error="BareNewline", reply=550)
-            return _render(BARE_NEWLINE)
+            bound.warning("mail.refused", stage="DATA", error="BareNewline",
+                          reply=BARE_NEWLINE.code, status=BARE_NEWLINE.status)
+            return _render(traced(BARE_NEWLINE, trace_id))
         size = len(content)
         message = InboundMessage(
             network=self.settings.network, mail_from=mail_from,
@@ -268,8 +235,13 @@ class _Handler:
         # budget, the reply, and the client's next command.
         server._reset_timeout(budget + self.settings.command_timeout)
         started = time.perf_counter()
+        # keyed hashes: `gateway trace` finds the message by an address or its Message-ID
+        message_id = message_id_of(message.content)
         bound.info("message.received", size=size, recipients=len(message.rcpt_tos),
-                   sender=self.settings.pseudo(mail_from))
+                   mail_from=self.settings.pseudo(mail_from),
+                   rcpts=[self.settings.pseudo(r) for r in message.rcpt_tos],
+                   routed=[self.settings.pseudo(r) for r in message.routed_rcpts],
+                   message_id=self.settings.pseudo(message_id) if message_id else None)
         try:
             reply = await asyncio.wait_for(self.process(message), timeout=budget)
         except TimeoutError:
@@ -287,7 +259,7 @@ class _Handler:
         bound.debug("message.answered", reply=reply.code, status=reply.status,
                    duration_ms=round((time.perf_counter() - started) * 1000, 1))
         server._messages += 1
-        return _render(reply)
+        return _render(traced(reply, trace_id))
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, TLSSetupException):  # e.g. an untrusted client certificate
@@ -300,9 +272,9 @@ class _Handler:
                  sender: str | None = None, recipient: str | None = None) -> None:
         fields: dict[str, object] = {}
         if sender is not None:
-            fields["sender"] = self.settings.pseudo(sender)
+            fields["mail_from"] = self.settings.pseudo(sender)
         if recipient is not None:
-            fields["recipient"] = self.settings.pseudo(recipient)
+            fields["rcpt"] = self.settings.pseudo(recipient)
         self.log.info("mail.refused", stage=stage, error=code, reply=reply.code,
                       status=reply.status, peer=_peer_ip(session.peer), **fields)
 
@@ -496,12 +468,12 @@ class _Session(SMTP):
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str):
-            mapped = _LIBRARY_REPLIES.get(status)
-            if mapped is None and _UNRECOGNISED.fullmatch(status):
-                mapped = COMMAND_UNRECOGNISED  # no echo: a bare CR in it would split the reply
-            # one reply line, printable: whatever else a library reply carries becomes "?"
-            await super().push(str(mapped) if mapped is not None
-                               else _NOT_PRINTABLE.sub("?", status))
+            line, mapped = library_reply(status)
+            if mapped is STARTTLS_REQUIRED:  # a client trying to send mail in clear
+                log.warning("mail.refused", network=self._state.settings.network,
+                            peer=self._ip, stage="before STARTTLS", error="StartTlsRequired",
+                            reply=mapped.code, status=mapped.status)
+            await super().push(line)
         else:
             await super().push(status)
 

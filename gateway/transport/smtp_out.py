@@ -46,7 +46,6 @@ from gateway.errors import (
     NEXT_HOP_NO_TLS,
     NEXT_HOP_TIMEOUT,
     NEXT_HOP_UNREACHABLE,
-    OK,
     Reply,
     next_hop_refused,
     relayed,
@@ -71,6 +70,10 @@ class NextHop:
     timeout_seconds: float = 60.0  # for the whole transaction, connection to final reply
     local_hostname: str | None = None  # our EHLO name
     tls_server_name: str | None = None  # the name to verify, if not ``host``
+
+
+# "queued as 4XyZ12" (Postfix, Exim: "id=..."; Sendmail: "... Message accepted for delivery")
+_QUEUE_ID = re.compile(r"(?i)\b(?:queued as|id=)\s*([A-Za-z0-9._-]{4,64})")
 
 
 def _sanitise(text: str) -> str:
@@ -183,8 +186,10 @@ def _failure(exc: BaseException) -> tuple[Reply, str]:
     return LOCAL_ERROR, "unexpected error"
 
 
-async def deliver(hop: NextHop, mail_from: str, rcpts: Sequence[str], raw: bytes) -> Reply:
+async def deliver(hop: NextHop, mail_from: str, rcpts: Sequence[str], raw: bytes, *,
+                  trace: str = "") -> Reply:
     """Send ``raw`` to ``rcpts`` through ``hop``; the reply to give our own sender. Never raises.
+    ``trace``: the message's trace id, on every ``deliver.*`` event.
     """
     if not rcpts:
         return LOCAL_ERROR
@@ -200,8 +205,8 @@ async def deliver(hop: NextHop, mail_from: str, rcpts: Sequence[str], raw: bytes
         raise
     except Exception as exc:  # the verdict is a reply; the cause goes to the log
         reply, cause = _failure(exc)
-        log.info("deliver.failed", host=hop.host, port=hop.port, error=type(exc).__name__,
-                 cause=cause, reply=reply.code)
+        log.info("deliver.failed", trace=trace, host=hop.host, port=hop.port,
+                 error=type(exc).__name__, cause=cause, reply=reply.code)
     finally:
         if smtp.is_connected:
             try:
@@ -209,12 +214,19 @@ async def deliver(hop: NextHop, mail_from: str, rcpts: Sequence[str], raw: bytes
                     await smtp.quit()
             except Exception:  # QUIT is a courtesy; the verdict is already known
                 smtp.close()
-    # an acceptance is the app's deliver.done already: its details only at debug level
-    (log.debug if reply.code == OK.code else log.info)(
-        "deliver.result", host=hop.host, port=hop.port, reply=reply.code,
-        status=reply.status, cause=cause, recipients=len(rcpts), size=len(raw),
-        duration_ms=round((time.perf_counter() - started) * 1000, 1))
+    _log_result(trace, hop, reply, cause, len(rcpts), len(raw), started)
     return reply
+
+
+def _log_result(trace: str, hop: NextHop, reply: Reply, cause: str, recipients: int, size: int,
+                started: float, **extra: object) -> None:
+    """``deliver.result`` at info: where the message went and what the next hop said (its
+    words sanitised: no address) with its queue id, so both logs can be joined."""
+    queued = _QUEUE_ID.search(reply.text)
+    log.info("deliver.result", trace=trace, host=hop.host, port=hop.port, reply=reply.code,
+             status=reply.status, said=reply.text, queue_id=queued.group(1) if queued else None,
+             cause=cause, recipients=recipients, size=size,
+             duration_ms=round((time.perf_counter() - started) * 1000, 1), **extra)
 
 
 def _client(hop: NextHop) -> aiosmtplib.SMTP:
@@ -254,7 +266,8 @@ class DeliveryPool:
     def idle(self) -> int:
         return len(self._idle)
 
-    async def deliver(self, mail_from: str, rcpts: Sequence[str], raw: bytes) -> Reply:
+    async def deliver(self, mail_from: str, rcpts: Sequence[str], raw: bytes, *,
+                      trace: str = "") -> Reply:
         """Send ``raw`` to ``rcpts``; the reply to give our own sender. Never raises."""
         if not rcpts:
             return LOCAL_ERROR
@@ -278,15 +291,12 @@ class DeliveryPool:
                 connection.smtp.close()
                 connection = None
             reply, cause = _failure(exc)
-            log.info("deliver.failed", host=hop.host, port=hop.port, error=type(exc).__name__,
-                     cause=cause, reply=reply.code, reused=reused)
+            log.info("deliver.failed", trace=trace, host=hop.host, port=hop.port,
+                     error=type(exc).__name__, cause=cause, reply=reply.code, reused=reused)
         if connection is not None:
             connection.transactions += 1
             self._release(connection)
-        (log.debug if reply.code == OK.code else log.info)(
-            "deliver.result", host=hop.host, port=hop.port, reply=reply.code,
-            status=reply.status, cause=cause, recipients=len(rcpts), size=len(raw),
-            reused=reused, duration_ms=round((time.perf_counter() - started) * 1000, 1))
+        _log_result(trace, hop, reply, cause, len(rcpts), len(raw), started, reused=reused)
         return reply
 
     async def _acquire(self) -> tuple[_Connection | None, bool]:

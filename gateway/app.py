@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
+import json
 import os
 import signal
 import ssl
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,9 +25,9 @@ from pathlib import Path
 import structlog
 
 from gateway import errors
-from gateway.config import Config, NetworkConfig, load_config, read_certificates
+from gateway.config import Config, NetworkConfig, load_config, read_certificates, read_crls
 from gateway.errors import ConfigError
-from gateway.metrics import Metrics, Readiness, reachable, serve_http
+from gateway.metrics import Metrics, Readiness, reachable, serve_http, worker_gone
 from gateway.obs import (
     configure_logging,
     disable_core_dumps,
@@ -71,6 +73,44 @@ def certificate_expiries(config: Config) -> dict[str, dt.datetime]:
     return out
 
 
+def crl_next_updates(config: Config) -> dict[str, dt.datetime]:
+    """The nextUpdate of every CRL the configuration loads, by file key and place in it."""
+    out: dict[str, dt.datetime] = {}
+    for name in NETWORKS:
+        for index, path in enumerate(config.network(name).crls):
+            try:
+                crls = read_crls([path])
+            except ConfigError:
+                continue  # check-config reports unreadable files
+            for place, crl in enumerate(crls):
+                if crl.next_update_utc is not None:
+                    out[f"networks.{name}.crls[{index}]#{place}"] = crl.next_update_utc
+    return out
+
+
+# Read when the process or its listeners start; a reload cannot change them.
+_START_ONLY_GATEWAY = (
+    "metrics_listen", "pseudonym_key_file", "log_format", "log_level", "mlockall",
+    "max_message_bytes", "max_recipients", "max_sessions", "max_sessions_per_ip",
+    "command_timeout_seconds", "data_timeout_seconds", "starttls_seconds", "session_seconds",
+    "max_idle_commands", "rate_limit_per_minute", "translate_inline_bytes", "hostname")
+_START_ONLY_NETWORK = ("listen", "require_starttls", "proxy_protocol", "client_ca",
+                       "require_client_cert", "tls_cert", "tls_key", "imap")
+
+
+def needs_restart(old: Config, new: Config) -> list[str]:
+    """The configuration keys a reload changed but cannot apply (they need a restart).
+    The listener's certificate (tls_cert, tls_key) is reloaded in place: not listed."""
+    changed = [f"gateway.{key}" for key in _START_ONLY_GATEWAY
+               if getattr(old.gateway, key, None) != getattr(new.gateway, key, None)]
+    for name in NETWORKS:
+        before, after = old.network(name), new.network(name)
+        changed += [f"networks.{name}.{key}" for key in _START_ONLY_NETWORK
+                    if key not in ("tls_cert", "tls_key")
+                    and getattr(before, key, None) != getattr(after, key, None)]
+    return changed
+
+
 def check_certificates(config: Config, now: dt.datetime) -> list[tuple[str, int]]:
     """Warn about every configured certificate that expires within 30 (and 7) days."""
     found: list[tuple[str, int]] = []
@@ -96,6 +136,7 @@ class Gateway:
         self.metrics = Metrics()
         self._shared_ips = dict(shared_ips or {})  # per network, across --workers
         self.config = config  # also read by _next_hop
+        self._started_with = config  # what the listeners and the process run with
         self.path = MessagePath(config, runtime, {}, self.metrics, workers=workers)
         self.path.hops = {name: self._next_hop(config.network(name)) for name in NETWORKS}
         self.stats = self.path.stats
@@ -123,6 +164,7 @@ class Gateway:
             self.metrics.limits.labels(name).set(float(getattr(g, name)))
         self.metrics.set_certificates(certificate_expiries(self.config),
                                       dt.datetime.now(dt.UTC))
+        self.metrics.set_crls(crl_next_updates(self.config))
 
     async def readiness(self) -> Readiness:
         """Ready = listeners serving, our certificates valid now, next hops reachable."""
@@ -171,6 +213,9 @@ class Gateway:
             shared_ips=self._shared_ips.get(net.name),
             rate_limit_per_minute=g.rate_limit_per_minute, pseudonymise=pseudonymise,
             proxy_protocol=net.proxy_protocol, require_starttls=net.require_starttls,
+            on_refusal=lambda stage, error, reply: self.metrics.refusals.labels(
+                net.name, stage, reply.status, error).inc(),
+            on_tls_failure=lambda kind: self.metrics.tls_failures.labels(net.name, kind).inc(),
         )
 
     async def start(self, *, reuse_port: bool = False) -> None:
@@ -256,12 +301,16 @@ class Gateway:
             log.error("reload.failed", error=type(exc).__name__)
             self.metrics.reloads.labels("failed").inc()
             return False
-        self.config = self.path.config = config
+        self.path.config = config
         self.path.runtime = runtime
         self.path.hops = {name: self._next_hop(config.network(name)) for name in NETWORKS}
+        self.config = config
         self._publish_settings()
         self.metrics.reloads.labels("done").inc()
-        log.info("reload.done", warnings=len(config.warnings))
+        stale = needs_restart(self._started_with, config)
+        if stale:  # read once, by the listeners or the process: the old values stay in force
+            log.warning("reload.needs_restart", keys=stale)
+        log.info("reload.done", warnings=len(config.warnings), needs_restart=len(stale))
         log_warnings(config)
         check_certificates(config, dt.datetime.now(dt.UTC))
         return True
@@ -386,8 +435,11 @@ def run(config_path: Path, workers: int | None = None) -> int:
     try:
         config = load_config(config_path)
     except ConfigError as exc:
+        # Logging is not set up without a configuration: the same JSON lines, by hand.
         for problem in exc.problems:
-            print(f"error: {problem}")
+            print(json.dumps({"event": "config.invalid", "level": "error", "problem": str(problem),
+                              "timestamp": dt.datetime.now(dt.UTC).isoformat()}),
+                  file=sys.stderr)
         return 2
     configure_logging(config.gateway.log_format, config.gateway.log_level)
     disable_core_dumps()
@@ -455,6 +507,7 @@ def supervise(config: Config, count: int) -> int:
         except ChildProcessError:
             break
         slot = children.pop(pid)
+        worker_gone(pid)
         code = os.waitstatus_to_exitcode(wait_status)
         if code == 2 and not stopping:  # it could not start (a port taken): neither can others
             log.error("worker.failed_to_start", worker=slot)

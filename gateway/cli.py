@@ -1,4 +1,4 @@
-"""The command line: run, demo, translate, inspect, pki init, check-config (DESIGN §5).
+"""The command line: run, demo, translate, inspect, trace, pki init, check-config (DESIGN §5).
 
 Rule kept here: the CLI parses arguments, calls one function, prints its result and maps
 failures to exit codes — 0 success, 1 the message would be refused, 2 configuration or usage
@@ -8,7 +8,10 @@ error. Heavy imports happen inside each command so that ``gateway --help`` stays
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -142,9 +145,23 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from gateway.app import run
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    shared_metrics = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # The workers' metrics are summed through files in this directory: prometheus-client
+        # reads the variable once, when it is first imported, so before gateway.app is.
+        # A tmpfs: numbers only, and nothing left on a disk.
+        shm = Path("/dev/shm")  # noqa: S108 - mkdtemp makes a private (0700) directory in it
+        parent = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+        shared_metrics = tempfile.mkdtemp(prefix="passerelle-metrics-", dir=parent)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared_metrics
+    try:
+        from gateway.app import run
 
-    return run(Path(args.config), workers=args.workers)
+        return run(Path(args.config), workers=workers)
+    finally:
+        if shared_metrics is not None:
+            shutil.rmtree(shared_metrics, ignore_errors=True)
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:

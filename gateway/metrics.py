@@ -4,6 +4,11 @@ Rule kept here: numbers only. Labels are directions, outcomes, reply codes, stag
 and configuration keys — never an address or anything of a message. The endpoint is a small
 asyncio server on the application's loop (no thread), answering GET only, bounded in request
 size and time; it is meant for a loopback or management interface.
+
+With ``--workers N`` every worker writes its numbers to memory-mapped files of one directory
+(prometheus-client's multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR``, set by ``gateway run``
+before anything imports the library, on a tmpfs) and any worker's ``/metrics`` answers the
+sum over all workers (gauges: the live sum, or the min/max where a sum means nothing).
 """
 
 from __future__ import annotations
@@ -11,10 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own variable
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _MAX_REQUEST = 8192
@@ -38,10 +47,28 @@ class Metrics:
         self.stage_seconds = Histogram(
             "passerelle_stage_seconds", "Time per stage (translate, deliver, total)",
             ["direction", "stage"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.in_flight = Gauge("passerelle_in_flight", "Messages being processed", registry=r)
-        self.limits = Gauge("passerelle_limit", "Configured limits", ["name"], registry=r)
+        self.in_flight = Gauge("passerelle_in_flight", "Messages being processed", registry=r,
+                               multiprocess_mode="livesum")
+        self.limits = Gauge("passerelle_limit", "Configured limits", ["name"], registry=r,
+                            multiprocess_mode="max")
         self.cert_days = Gauge("passerelle_certificate_days_left",
-                               "Days until a configured certificate expires", ["key"], registry=r)
+                               "Days until a configured certificate expires", ["key"], registry=r,
+                               multiprocess_mode="min")
+        self.crl_next_update = Gauge(
+            "passerelle_crl_next_update_timestamp_seconds",
+            "When a loaded CRL must be replaced (its nextUpdate, Unix time); key: the file's "
+            "configuration key and the CRL's place in it", ["key"], registry=r,
+            multiprocess_mode="min")
+        self.refusals = Counter(
+            "passerelle_refusals", "Refusals by stage (MAIL, RCPT, DATA, before STARTTLS, "
+            "translate), enhanced status and error type", ["network", "stage", "status", "error"],
+            registry=r)
+        self.tls_failures = Counter(
+            "passerelle_tls_failures", "Inbound TLS failures (handshake, client certificate)",
+            ["network", "kind"], registry=r)
+        self.next_hop_failures = Counter(
+            "passerelle_next_hop_failures", "Deliveries the next hop did not accept, by cause",
+            ["network", "cause"], registry=r)
         self.content_refused = Counter(
             "passerelle_content_refused", "Refusals after a CBC decryption (a padding-oracle "
             "probe looks like many of these)", ["network"], registry=r)
@@ -63,8 +90,23 @@ class Metrics:
         for key, not_after in expiries.items():
             self.cert_days.labels(key).set((not_after - now).total_seconds() / 86_400)
 
+    def set_crls(self, next_updates: dict[str, dt.datetime]) -> None:
+        for key, moment in next_updates.items():
+            self.crl_next_update.labels(key).set(moment.timestamp())
+
     def render(self) -> bytes:
+        if os.environ.get(MULTIPROCESS_DIR):  # every worker's numbers, summed
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            return generate_latest(merged)
         return generate_latest(self.registry)
+
+
+def worker_gone(pid: int) -> None:
+    """A worker died or stopped: its live gauges (in flight) leave the sum; its counters stay
+    (a sum that went down would read as a counter reset)."""
+    if os.environ.get(MULTIPROCESS_DIR):
+        mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 ReadinessProbe = Callable[[], Awaitable[Readiness]]

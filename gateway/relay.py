@@ -159,6 +159,7 @@ class MessagePath:
             bound.warning("translate.refused", error=exc.code, reason=exc.reason,
                           reply=exc.reply.code, size_in=size_in,
                           duration_ms=round((time.perf_counter() - t0) * 1000, 1))
+            self.metrics.refusals.labels(source, "translate", exc.reply.status, exc.code).inc()
             if isinstance(exc, errors.ContentRefused):
                 self._count_refusal(message.peer, source, bound)
             return exc.reply
@@ -206,8 +207,12 @@ class MessagePath:
                 task = asyncio.get_running_loop().create_task(pool.close())
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
-            pool = self._delivery[destination] = DeliveryPool(hop)
+            pool = self._delivery[destination] = DeliveryPool(
+                hop, on_failure=functools.partial(self._next_hop_failed, destination))
         return pool
+
+    def _next_hop_failed(self, destination: str, cause: str) -> None:
+        self.metrics.next_hop_failures.labels(destination, cause).inc()
 
     async def close_delivery(self) -> None:
         """QUIT the idle next-hop connections."""

@@ -625,3 +625,28 @@ def test_crl_policy(tmp_path: Path, base: dict[str, Any]) -> None:
     base["networks"]["mssante"]["crl_policy"] = "strict"
     problems = problems_of(write(tmp_path, base))
     assert has(problems, "networks.mssante.crl_policy", "fail-open")
+
+
+def test_a_misspelt_key_gets_a_suggestion(tmp_path: Path, base: dict[str, Any]) -> None:
+    base["networks"]["apicrypt"]["trust_anchor"] = base["networks"]["apicrypt"].pop(
+        "trust_anchors")
+    base["gateway"]["max_recipient"] = 10
+    problems = problems_of(write(tmp_path, base))
+    assert has(problems, "networks.apicrypt.trust_anchor", "did you mean trust_anchors?")
+    assert has(problems, "gateway.max_recipient", "did you mean max_recipients?")
+    base["gateway"]["colour"] = "blue"  # nothing close: no guess
+    assert any(p.key == "gateway.colour" and p.message == "unknown key"
+               for p in problems_of(write(tmp_path, base)))
+
+
+@pytest.mark.parametrize("other", ["127.0.0.1:2525", "[127.0.0.1]:2525"])
+def test_two_listeners_on_one_address_are_refused(tmp_path: Path, base: dict[str, Any],
+                                                  other: str) -> None:
+    base["networks"]["apicrypt"]["listen"] = "127.0.0.1:2525"
+    base["networks"]["mssante"]["listen"] = other
+    problems = problems_of(write(tmp_path, base))
+    assert has(problems, "networks.mssante.listen", "same address as networks.apicrypt.listen")
+    base["networks"]["mssante"]["listen"] = "127.0.0.1:2587"
+    base["gateway"]["metrics_listen"] = "127.0.0.1:2587"
+    assert has(problems_of(write(tmp_path, base)), "gateway.metrics_listen",
+               "same address as networks.mssante.listen")

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -311,6 +312,33 @@ def test_workers_share_the_metrics_port(running: Running, workers: int) -> None:
     assert len(started) == 2
 
 
+@pytest.mark.parametrize("workers", [2])
+def test_one_scrape_sums_the_workers(running: Running, workers: int) -> None:
+    """With --workers 2 one scrape answers for the host: the messages both workers relayed,
+    counted once each, whichever worker answers the scrape."""
+    _wait_event(running.log_path, "gateway.ready", count=2)
+    sent = 0
+    while sent < 40:
+        result: list[tuple[int, bytes]] = []
+        _send(running, _message(running, sent), result)
+        assert result[0][0] == 250
+        sent += 1
+        _wait_event(running.log_path, "message.done", count=sent)
+        by_worker = {e.get("worker") for e in _events(running.log_path)
+                     if e["event"] == "message.done"}
+        if sent >= 4 and len(by_worker) == 2:
+            break
+    assert len(by_worker) == 2, "the kernel gave every connection to one worker"
+    port = int(running.pki.config.read_text().split("metrics_listen = \"127.0.0.1:")[1]
+               .split('"')[0])
+    for _ in range(3):  # whichever worker answers, the same sum
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+            text = page.read().decode()
+        relayed = [line for line in text.splitlines() if line.startswith(
+            'passerelle_messages_total{code="250",direction="apicrypt->mssante"')]
+        assert relayed and float(relayed[0].rsplit(" ", 1)[1]) == sent, relayed
+
+
 def _exited(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
@@ -386,3 +414,51 @@ def test_gateway_trace_tells_where_a_message_went(running: Running) -> None:
         assert "answered 250 2.0.0" in found.stdout
     missing = trace("nobody@hopital-test.mssante.fr")
     assert missing.returncode == 1 and "no message found" in missing.stderr
+
+
+async def test_a_reload_says_which_changes_need_a_restart(tmp_path: Path) -> None:
+    """Keys read only at start (the listen address, STARTTLS and PROXY policy, the client CA)
+    changed by a reload: the log names them, instead of a bare reload.done."""
+    import structlog
+
+    from gateway.app import Gateway
+    from gateway.config import load_config
+    from gateway.translate.context import build_runtime
+
+    ports = port_map("a_in", "a_out", "m_in", "m_out", "new")
+    init_pki(tmp_path / "pki", apicrypt_port=ports["a_in"], apicrypt_relay_port=ports["a_out"],
+             mssante_port=ports["m_in"], mssante_relay_port=ports["m_out"])
+    pki = Pki(tmp_path / "pki")
+    config = load_config(pki.config)
+    gateway = Gateway(config, build_runtime(config))
+    await gateway.start()
+    try:
+        text = pki.config.read_text()
+        pki.config.write_text(text.replace(f'"127.0.0.1:{ports["a_in"]}"',
+                                           f'"127.0.0.1:{ports["new"]}"').replace(
+            "[networks.mssante]\n", "[networks.mssante]\nproxy_protocol = true\n"))
+        with structlog.testing.capture_logs() as logs:
+            assert await gateway.reload()
+        [event] = [e for e in logs if e["event"] == "reload.needs_restart"]
+        assert event["keys"] == ["networks.apicrypt.listen", "networks.mssante.proxy_protocol"]
+        assert [e["needs_restart"] for e in logs if e["event"] == "reload.done"] == [2]
+        pki.config.write_text(text.replace('log_level = "info"', 'log_level = "info"\n'
+                                           'max_depth = 5'))
+        with structlog.testing.capture_logs() as logs:
+            assert await gateway.reload()  # back to the start's listeners; max_depth applies
+        assert not [e for e in logs if e["event"] == "reload.needs_restart"]
+    finally:
+        await gateway.stop_accepting()
+        gateway.close()
+
+
+def test_a_configuration_error_at_start_is_json_on_stderr(tmp_path: Path) -> None:
+    bad = tmp_path / "gateway.toml"
+    bad.write_text('[gateway]\nhostname = "x"\ncolour = "blue"\n')
+    proc = subprocess.run([sys.executable, "-m", "gateway", "run", "--config", str(bad)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    events = [json.loads(line) for line in proc.stderr.splitlines()]
+    assert events and all(e["event"] == "config.invalid" and e["level"] == "error"
+                          for e in events)
+    assert any("gateway.colour" in e["problem"] for e in events)

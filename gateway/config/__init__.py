@@ -34,6 +34,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 
@@ -84,6 +85,23 @@ __all__ = [
 ]
 
 
+def _distinct_addresses(c: Checker, gateway: GatewaySettings,
+                        nets: Mapping[str, NetworkConfig]) -> None:
+    """Two listeners (or the metrics endpoint) on one address: with SO_REUSEPORT both would
+    bind, and the kernel would mix the networks' mail (each listener judges its own)."""
+    seen: dict[str, str] = {}
+    bound = [(f"networks.{name}.listen", net.listen) for name, net in nets.items()]
+    bound.append(("gateway.metrics_listen", gateway.metrics_listen))
+    for key, address in bound:
+        if address is None:
+            continue
+        host, _, port = address.rpartition(":")
+        normal = f"{host.strip('[]').lower()}:{port}"
+        if normal in seen:
+            c.problem(key, f"same address as {seen[normal]} ({address})")
+        seen[normal] = key
+
+
 def load_config(path: Path, *, now: dt.datetime | None = None) -> Config:
     """Read and check ``path``; raise ``ConfigError`` with every problem found.
 
@@ -105,6 +123,7 @@ def load_config(path: Path, *, now: dt.datetime | None = None) -> Config:
     gateway = sections.gateway(c, data)
     nets = networks.networks(c, data)
     book = networks.address_book(c, data, nets)
+    _distinct_addresses(c, gateway, nets)
     if c.problems:
         raise ConfigError(c.problems)
     return Config(path=file, gateway=gateway, networks=MappingProxyType(nets),

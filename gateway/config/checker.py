@@ -10,6 +10,7 @@ readable by others, a certificate near its expiry, a stale CRL), not worth refus
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -63,10 +64,12 @@ class Checker:
         return value
 
     def unknown_keys(self, table: Mapping[str, Any], allowed: Iterable[str], prefix: str) -> None:
-        known = set(allowed)
+        known = sorted(set(allowed))
         for name in table:
             if name not in known:
-                self.problem(join(prefix, name), "unknown key")
+                close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.7)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                self.problem(join(prefix, name), f"unknown key{hint}")
 
     def _get(self, table: Mapping[str, Any], name: str, key: str,
              what: str, default: T, *, required: bool,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import GatewaySettings, NetworkConfig, default_of
+from gateway.errors import Reply
 from gateway.obs import keyed_pseudonym
 
 _G = functools.partial(default_of, GatewaySettings)  # its field defaults
@@ -75,6 +76,17 @@ class ListenerSettings:
     # False: MAIL without STARTTLS is accepted, for Postfix's before-queue proxy (plain SMTP
     # to its filter); config.py allows it on a loopback listen address only.
     require_starttls: bool = _N("require_starttls")
+    # counters (metrics): a refusal (stage, error type, reply); a TLS failure (its kind)
+    on_refusal: Callable[[str, str, Reply], None] | None = None
+    on_tls_failure: Callable[[str], None] | None = None
+
+    def refused(self, stage: str, error: str, reply: Reply) -> None:
+        if self.on_refusal is not None:
+            self.on_refusal(stage, error, reply)
+
+    def tls_failed(self, kind: str) -> None:
+        if self.on_tls_failure is not None:
+            self.on_tls_failure(kind)
 
     def pseudo(self, address: str) -> str:
         return (self.pseudonymise or keyed_pseudonym(self.pseudonym_key))(address)

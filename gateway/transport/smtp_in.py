@@ -174,6 +174,7 @@ class _Handler:
         if not ok:
             self.log.warning("tls.client_refused", peer=_peer_ip(session.peer),
                              presented=der is not None)
+            self.settings.tls_failed("client_certificate")
         return ok
 
     async def handle_MAIL(self, server: SMTP, session: Any, envelope: Any, address: str,
@@ -216,10 +217,12 @@ class _Handler:
         if b"\0" in content:
             bound.warning("mail.refused", stage="DATA", error="NulCharacter",
                           reply=NUL_NOT_ALLOWED.code, status=NUL_NOT_ALLOWED.status)
+            self.settings.refused("DATA", "NulCharacter", NUL_NOT_ALLOWED)
             return _render(traced(NUL_NOT_ALLOWED, trace_id))
         if has_bare_cr_or_lf(content):
             bound.warning("mail.refused", stage="DATA", error="BareNewline",
                           reply=BARE_NEWLINE.code, status=BARE_NEWLINE.status)
+            self.settings.refused("DATA", "BareNewline", BARE_NEWLINE)
             return _render(traced(BARE_NEWLINE, trace_id))
         size = len(content)
         message = InboundMessage(
@@ -264,6 +267,7 @@ class _Handler:
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, TLSSetupException):  # e.g. an untrusted client certificate
             self.log.warning("tls.handshake_failed", error=type(error.__cause__).__name__)
+            self.settings.tls_failed("handshake")
         else:  # a policy callable failed unexpectedly: 451, the type only in the log
             self.log.error("session.exception", error=type(error).__name__)
         return _render(LOCAL_ERROR)
@@ -277,6 +281,7 @@ class _Handler:
             fields["rcpt"] = self.settings.pseudo(recipient)
         self.log.info("mail.refused", stage=stage, error=code, reply=reply.code,
                       status=reply.status, peer=_peer_ip(session.peer), **fields)
+        self.settings.refused(stage, code, reply)
 
 
 class _Session(SMTP):
@@ -473,6 +478,7 @@ class _Session(SMTP):
                 log.warning("mail.refused", network=self._state.settings.network,
                             peer=self._ip, stage="before STARTTLS", error="StartTlsRequired",
                             reply=mapped.code, status=mapped.status)
+                self._state.settings.refused("before STARTTLS", "StartTlsRequired", mapped)
             await super().push(line)
         else:
             await super().push(status)

@@ -46,6 +46,7 @@ from gateway.errors import (
     NEXT_HOP_NO_TLS,
     NEXT_HOP_TIMEOUT,
     NEXT_HOP_UNREACHABLE,
+    OK,
     Reply,
     next_hop_refused,
     relayed,
@@ -72,6 +73,8 @@ class NextHop:
     tls_server_name: str | None = None  # the name to verify, if not ``host``
 
 
+# A cause as a metric label: "2 RCPT refused, first 550" -> "RCPT refused" (bounded values)
+_CAUSE_KIND = re.compile(r"^\d+ |, first \d+$| \d{3}$")
 # "queued as 4XyZ12" (Postfix, Exim: "id=..."; Sendmail: "... Message accepted for delivery")
 _QUEUE_ID = re.compile(r"(?i)\b(?:queued as|id=)\s*([A-Za-z0-9._-]{4,64})")
 
@@ -251,8 +254,9 @@ class DeliveryPool:
 
     def __init__(self, hop: NextHop, *, max_idle: int = 32, max_messages: int = 100,
                  idle_seconds: float = 30.0, clock: Callable[[], float] = time.monotonic,
-                 ) -> None:
+                 on_failure: Callable[[str], None] | None = None) -> None:
         self.hop = hop
+        self.on_failure = on_failure  # a delivery not accepted, with its cause (metrics)
         self.max_idle = max_idle
         self.max_messages = max_messages
         self.idle_seconds = idle_seconds
@@ -297,6 +301,8 @@ class DeliveryPool:
             connection.transactions += 1
             self._release(connection)
         _log_result(trace, hop, reply, cause, len(rcpts), len(raw), started, reused=reused)
+        if reply.code != OK.code and self.on_failure is not None:
+            self.on_failure(_CAUSE_KIND.sub("", cause))
         return reply
 
     async def _acquire(self) -> tuple[_Connection | None, bool]:

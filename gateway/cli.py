@@ -68,14 +68,44 @@ def _cmd_pki_init(args: argparse.Namespace) -> int:
 
     target = Path(args.dir)
     try:
-        config_path = init_pki(target, hostname=args.hostname, force=args.force)
+        config_path = init_pki(target, hostname=args.hostname, force=args.force,
+                               metrics_listen=args.metrics_listen or None)
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     print(pki_summary(target))
     print(f"\nconfiguration written to {config_path}")
     print(f"next: gateway check-config {config_path}")
+    print(f"then: gateway run --config {config_path}   (and gateway demo-sink --config "
+          f"{config_path} as the next hops, gateway send to send a first message)")
     return EXIT_OK
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway.devtools import send
+    from gateway.errors import ConfigError
+
+    try:
+        return asyncio.run(send(Path(args.config), args.sender, args.rcpt, args.text))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyError as exc:
+        print(f"error: {exc} is not a sample user of the development PKI", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _cmd_demo_sink(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway.devtools import sink
+
+    try:
+        return asyncio.run(sink(Path(args.config)))
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def _load(config_file: str) -> tuple[object, object] | int:
@@ -212,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT")
     p.add_argument("--config", required=True, metavar="FILE")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="worker processes sharing the ports (default: number of cores)")
+                   help="worker processes sharing the ports (default: one per core)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("demo", help="self-contained demonstration on loopback")
@@ -236,11 +266,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pki", help="development PKI")
     pki = p.add_subparsers(dest="pki_command", required=True, metavar="ACTION")
-    q = pki.add_parser("init", help="write a development PKI and a ready config into DIR")
-    q.add_argument("dir", metavar="DIR")
+    q = pki.add_parser("init", help="write a development PKI and a ready config into DIR "
+                       "(default: certs/dev, which git ignores)")
+    q.add_argument("dir", metavar="DIR", nargs="?", default="certs/dev")
     q.add_argument("--hostname", default="passerelle.localhost")
+    q.add_argument("--metrics-listen", default="127.0.0.1:9108", metavar="HOST:PORT",
+                   help="metrics_listen written in the configuration ('' for none)")
     q.add_argument("--force", action="store_true", help="overwrite a non-empty DIR")
     q.set_defaults(func=_cmd_pki_init)
+
+    p = sub.add_parser("send", help="development PKI: sign and encrypt one message as a sample "
+                       "user and send it to the gateway (a first message by hand)")
+    p.add_argument("--config", required=True, metavar="FILE",
+                   help="the configuration `gateway pki init` wrote")
+    p.add_argument("--from", dest="sender", default="jean.dupont@medical59.apicrypt.org",
+                   metavar="ADDRESS", help="a sample user (default: %(default)s)")
+    p.add_argument("--to", dest="rcpt", default="marie.curie@hopital-test.mssante.fr",
+                   metavar="ADDRESS", help="a sample user of the other network, or an alias "
+                   "(default: %(default)s)")
+    p.add_argument("--text", default="INR 2,4 : contrôle dans 5 jours.",
+                   help="the text of the message")
+    p.set_defaults(func=_cmd_send)
+
+    p = sub.add_parser("demo-sink", help="development PKI: both networks' next hops on the "
+                       "configured relay addresses; prints what each recipient reads")
+    p.add_argument("--config", required=True, metavar="FILE")
+    p.set_defaults(func=_cmd_demo_sink)
 
     p = sub.add_parser("trace", help="one message's story from a JSON log: was it delivered, "
                        "and where (by an address or a Message-ID)")

@@ -130,7 +130,7 @@ async def _send(port: int, cafile: Path, sender: str, rcpt: str, raw: bytes) -> 
     return response[1]
 
 
-def _show(style: Style, out: Callable[[str], None], root: Path, recipient: str,
+def show_relayed(style: Style, out: Callable[[str], None], root: Path, recipient: str,
           network: str, raw: bytes, runtime_store: TrustStore) -> None:
     identity = user_identity(root, recipient)
     # The relayed message is signed by the gateway (named in its Sender header), not by the
@@ -236,7 +236,7 @@ async def _run(root: Path, style: Style, out: Callable[[str], None]) -> int:
             mail_from, rcpts, relayed = box.received[-1]
             out(f"  gateway answered the sender: {style.ok(reply.splitlines()[0])}")
             out(f"  {destination} mailbox received for {', '.join(rcpts)} from {mail_from}")
-            _show(style, out, root, recipient, destination, relayed,
+            show_relayed(style, out, root, recipient, destination, relayed,
                   runtime.network(destination).store)
     except (errors.GatewayError, TimeoutError, OSError, aiosmtplib.SMTPException) as exc:
         out(style.bad(f"demo failed: {type(exc).__name__}: {exc}"))

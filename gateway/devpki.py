@@ -251,7 +251,7 @@ def _q(value: str) -> str:
 
 
 def _config_text(hostname: str, ports: dict[str, tuple[int, int]], host: str,
-                 require_client_cert: bool) -> str:
+                 require_client_cert: bool, metrics_listen: str | None = None) -> str:
     def hp(port: int) -> str:
         return _q(f"{host}:{port}")
 
@@ -266,6 +266,8 @@ def _config_text(hostname: str, ports: dict[str, tuple[int, int]], host: str,
         'pseudonym_key_file = "pseudonym.key"',
         'log_format = "json"',
         'log_level = "info"',
+        *([f"metrics_listen = {_q(metrics_listen)}   # /metrics, /healthz, /readyz"]
+          if metrics_listen else []),
         "",
         "[networks.apicrypt]",
         f"domains = [{', '.join(_q(d) for d in DOMAINS['apicrypt'])}]",
@@ -324,6 +326,7 @@ def init_pki(
     host: str = "127.0.0.1",
     require_client_cert: bool = False,
     force: bool = False,
+    metrics_listen: str | None = None,
 ) -> Path:
     """Write the development PKI and ``gateway.toml`` into ``directory``; return the config path.
 
@@ -350,8 +353,8 @@ def init_pki(
     ports = {"apicrypt": (apicrypt_port, apicrypt_relay_port),
              "mssante": (mssante_port, mssante_relay_port)}
     config = directory / CONFIG_NAME
-    _write(config, _config_text(hostname, ports, host, require_client_cert).encode("utf-8"),
-           0o644)
+    _write(config, _config_text(hostname, ports, host, require_client_cert,
+                                metrics_listen).encode("utf-8"), 0o644)
     return config
 
 

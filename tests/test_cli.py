@@ -175,3 +175,101 @@ def test_help_lists_every_command() -> None:
     assert proc.returncode == 0
     for command in (b"run", b"demo", b"translate", b"inspect", b"pki", b"check-config"):
         assert command in proc.stdout
+
+
+def test_the_first_message_by_hand(tmp_path: Path) -> None:
+    """The README's first message: `gateway run`, `gateway demo-sink` as the next hops and
+    `gateway send` as a user's client, each as the operator runs them."""
+    import time
+
+    from gateway.devpki import free_ports, init_pki
+
+    a_in, a_out, m_in, m_out = free_ports(4)
+    config = init_pki(tmp_path / "dev", apicrypt_port=a_in, apicrypt_relay_port=a_out,
+                      mssante_port=m_in, mssante_relay_port=m_out)
+    gateway = [sys.executable, "-m", "gateway"]
+    sink_out = tmp_path / "sink.out"
+    with sink_out.open("wb") as out:
+        sink = subprocess.Popen([*gateway, "demo-sink", "--config", str(config)], stdout=out,
+                                stderr=subprocess.STDOUT)
+    run = subprocess.Popen([*gateway, "run", "--workers", "1", "--config", str(config)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if b"mssante next hop listening" in sink_out.read_bytes():
+                break
+            time.sleep(0.1)
+        sent = None
+        for _ in range(50):  # until the gateway listens
+            sent = subprocess.run([*gateway, "send", "--config", str(config), "--text",
+                                   "INR 2,4 premier message"], capture_output=True, text=True,
+                                  timeout=60, check=False)
+            if "cannot reach" not in sent.stderr:
+                break
+            time.sleep(0.2)
+        assert sent is not None and sent.returncode == 0, sent.stdout + sent.stderr
+        assert "gateway answered: 250 2.0.0 OK: relayed (queued as DEMO) [trace " in sent.stdout
+        for _ in range(100):
+            if b"INR 2,4 premier message" in sink_out.read_bytes():
+                break
+            time.sleep(0.1)
+        shown = sink_out.read_text()
+        assert "a message for marie.curie@hopital-test.mssante.fr" in shown
+        assert "INR 2,4 premier message" in shown and "signature valid" in shown
+    finally:
+        for proc in (run, sink):
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def test_pki_init_writes_certs_dev_by_default_with_metrics(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "gateway", "pki", "init"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "certs" / "dev" / "gateway.toml").read_text()
+    assert 'metrics_listen = "127.0.0.1:9108"' in text
+
+
+def test_the_readme_openssl_and_swaks_recipe_relays(tmp_path: Path) -> None:
+    """The README's "by hand" lines (openssl + swaks), run as written; only the PKI folder
+    and the listener's port are this test's."""
+    import re
+    import shutil
+    import time
+
+    from gateway.devpki import free_ports, init_pki
+
+    if shutil.which("swaks") is None:
+        pytest.skip("swaks missing")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("Without the sample keys, the same by hand:", 1)[1]
+    script = block.split("```sh\n", 1)[1].split("```", 1)[0]
+    a_in, a_out, m_in, m_out = free_ports(4)
+    dev = tmp_path / "dev"
+    config = init_pki(dev, apicrypt_port=a_in, apicrypt_relay_port=a_out, mssante_port=m_in,
+                      mssante_relay_port=m_out)
+    script = script.replace("D=certs/dev", f"D={dev}").replace("127.0.0.1:2525",
+                                                               f"127.0.0.1:{a_in}")
+    assert re.search(rf"127\.0\.0\.1:{a_in}", script)
+    gateway = [sys.executable, "-m", "gateway"]
+    sink_out = tmp_path / "sink.out"
+    with sink_out.open("wb") as out:
+        sink = subprocess.Popen([*gateway, "demo-sink", "--config", str(config)], stdout=out,
+                                stderr=subprocess.STDOUT)
+    run = subprocess.Popen([*gateway, "run", "--workers", "1", "--config", str(config)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(2)
+        done = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+        assert "250 2.0.0 OK: relayed" in done.stdout, done.stdout[-3000:]
+        for _ in range(100):
+            if b"INR 2,4" in sink_out.read_bytes():
+                break
+            time.sleep(0.1)
+        assert "INR 2,4" in sink_out.read_text()
+    finally:
+        for proc in (run, sink):
+            proc.terminate()
+            proc.wait(timeout=30)

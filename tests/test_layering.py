@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1] / "gateway"
 # Rank of each layer; a module may import only modules of a strictly lower rank, or its own
 # package (smime and formats are peers that never import each other).
 RANK = {
-    "__main__": 9, "cli": 8, "demo": 7, "app": 6, "relay": 5, "devpki": 5,
+    "__main__": 9, "cli": 8, "devtools": 7.5, "demo": 7, "app": 6, "relay": 5, "devpki": 5,
     "transport": 4, "translate": 3, "smime": 2, "formats": 2,
     "story": 2, "config": 1, "obs": 1, "metrics": 1, "errors": 0, "memo": 0, "__init__": 0,
 }

@@ -213,7 +213,7 @@ async def test_mode_a_postfix_queues_then_the_gateway_relays_back_through_it(
     # the hop to the gateway was verified TLS, and the gateway's reply names its trace
     assert re.search(r"Verified TLS connection established to 127\.0\.0\.1", log), log[-3000:]
     assert re.search(r"relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+.*status=sent \(250 2\.0\.0 OK: "
-                     r"relayed \(queued as \w+\) \[trace [0-9a-f]{16}\]\)", log), log[-3000:]
+                     r"relayed \(Ok: queued as \w+\) \[trace [0-9a-f]{16}\]\)", log), log[-3000:]
 
 
 async def test_mode_b_the_sender_gets_the_gateways_own_reply(front_b: Front) -> None:

@@ -96,7 +96,8 @@ def test_plain_text_and_structured_lab_become_hprim() -> None:
     assert (h.address1, h.postcode_city) == ("Route des Sanguinaires", "20000 AJACCIO")
     assert (h.sender_code, h.recipient_code) == ("PASSERELLE", "MED0012345")
     assert (
-        doc.text == "Bilan thyroïdien.\r\nDocument joint (application/pdf) : Compte rendu PDF\r\n"
+        doc.text == "Bilan thyroïdien.\r\nDocument CDA original joint : DOC0002.XML\r\n"
+        "Document joint (application/pdf) : Compte rendu PDF\r\n"
     )
     assert doc.lab is not None
     tsh, aspect = doc.lab.results

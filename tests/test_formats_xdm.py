@@ -28,9 +28,8 @@ from gateway.formats.cda import (
     Patient,
     build_lab_cda,
     build_n1_cda,
-    lab_results_of,
-    read_cda,
 )
+from gateway.formats.cda_reader import lab_results_of, read_cda
 from gateway.formats.charset import decode_text
 from gateway.formats.hprim import parse_hprim
 from gateway.formats.xdm import METADATA_PATH, XdmLimits, build_xdm, patient_id_cx, read_xdm

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from gateway import errors
 from gateway.errors import GatewayError, SenderError
 from gateway.formats import charset, hprim, mime_limits, xdm, xmlsafe
-from gateway.formats.cda import read_cda
+from gateway.formats.cda_reader import read_cda
 from gateway.formats.convert import hprim_from_xdm, hprim_to_xdm
 from gateway.smime import certgen, directory, envelope, mime, signature, unwrap
 from gateway.smime.model import Identity

@@ -1,5 +1,6 @@
 """CDA R2 documents for MSSanté: "N1" (text or PDF in ``nonXMLBody``) and a structured lab
-report (one observation per HPRIM ``RES`` line), and reading them back.
+report (one observation per HPRIM ``RES`` line); :mod:`gateway.formats.cda_reader` reads
+them (and those of others) back.
 
 Rules kept here: pure functions, no clock (times are parameters), no randomness (identifiers
 are derived from the content, so the same input gives the same bytes); the patient's INS is
@@ -15,11 +16,9 @@ lab report (formatCode ``urn:ihe:lab:xd-lab:2008``) with the observations.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import re
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Literal
@@ -27,8 +26,7 @@ from typing import Literal
 from lxml import etree
 
 from gateway.errors import MalformedError
-from gateway.formats.hprim import HprimHeader, LabBlock, LabResult, parse_date, validate_nir
-from gateway.formats.xmlsafe import MAX_XML_BYTES, parse_xml
+from gateway.formats.hprim import HprimHeader, LabBlock, LabResult, validate_nir
 
 __all__ = [
     "FORMAT_LAB",
@@ -43,7 +41,6 @@ __all__ = [
     "build_lab_cda",
     "build_n1_cda",
     "cda_timestamp",
-    "read_cda",
     "xml_text",
 ]
 
@@ -53,6 +50,10 @@ NS = {"h": HL7}
 _XSI_TYPE = f"{{{XSI}}}type"
 
 INS_NIR_OID = "1.2.250.1.213.1.4.8"  #: INS-NIR: the NIR as national health identifier
+#: The INS family (ANS, "Référentiel INS"): INS-NIR and INS-NIA, and their test and
+#: demonstration roots, which the CI-SIS examples use (4.10) — all read as the patient's INS.
+INS_ROOTS = frozenset({"1.2.250.1.213.1.4.8", "1.2.250.1.213.1.4.9", "1.2.250.1.213.1.4.10",
+                       "1.2.250.1.213.1.4.11", "1.2.250.1.213.1.4.12", "1.2.250.1.213.1.4.13"})
 RPPS_OID = "1.2.250.1.71.4.2.1"  #: national identifiers of health professionals (RPPS/ADELI)
 LOINC = "2.16.840.1.113883.6.1"
 GENDER_OID = "2.16.840.1.113883.5.1"
@@ -159,6 +160,8 @@ class CdaContent:
     media_type: str | None  #: of the nonXMLBody, None for a structured body
     content: bytes | None  #: the decoded nonXMLBody
     observations: tuple[LabObservation, ...]
+    narrative: str = ""  #: the structured body's sections as text (titles, tables aligned)
+    structured: bool = False  #: a structuredBody (its results and narrative above)
 
 
 # --- writing ----------------------------------------------------------------------------------
@@ -395,138 +398,3 @@ def build_lab_cda(
 
 
 # --- reading ----------------------------------------------------------------------------------
-
-
-def _itertext(el: etree._Element) -> str:
-    return "".join(t if isinstance(t, str) else t.decode("utf-8", "replace") for t in el.itertext())
-
-
-def _first(root: etree._Element, path: str) -> etree._Element | None:
-    found = root.find(path, NS)
-    return found
-
-
-def _attr(root: etree._Element, path: str, name: str) -> str | None:
-    el = _first(root, path)
-    if el is None:
-        return None
-    value = el.get(name)
-    return str(value) if value is not None else None
-
-
-def _text(root: etree._Element, path: str) -> str | None:
-    el = _first(root, path)
-    if el is None:
-        return None
-    return _itertext(el).strip() or None
-
-
-def _read_patient(root: etree._Element) -> Patient:
-    role = _first(root, "h:recordTarget/h:patientRole")
-    if role is None:
-        raise MalformedError("CDA without recordTarget/patientRole")
-    nir: str | None = None
-    local_id: str | None = None
-    local_root = LOCAL_PATIENT_ID_ROOT
-    for ident in role.findall("h:id", NS):
-        ext, oid = ident.get("extension"), ident.get("root")
-        if ext is None or oid is None:
-            continue
-        if oid == INS_NIR_OID and nir is None:
-            nir = str(ext)
-        elif local_id is None:
-            local_id, local_root = str(ext), str(oid)
-    sex = _attr(role, "h:patient/h:administrativeGenderCode", "code")
-    birth = _attr(role, "h:patient/h:birthTime", "value")
-    birth_date = None
-    if birth and len(birth) >= 8 and birth[:8].isdigit():
-        birth_date = parse_date(f"{birth[6:8]}/{birth[4:6]}/{birth[0:4]}")
-    address = tuple(
-        _itertext(line).strip() for line in role.findall("h:addr/h:streetAddressLine", NS)
-    )
-    return Patient(
-        last_name=_text(role, "h:patient/h:name/h:family") or "",
-        first_name=_text(role, "h:patient/h:name/h:given") or "",
-        birth_date=birth_date,
-        sex="M" if sex == "M" else "F" if sex == "F" else None,
-        nir=nir,
-        local_id=local_id,
-        local_id_root=local_root,
-        address=address,
-    )
-
-
-def _read_observations(root: etree._Element) -> tuple[LabObservation, ...]:
-    out = []
-    for obs in root.iterfind(".//h:entry/h:observation", NS):
-        value_el = _first(obs, "h:value")
-        value = unit = None
-        if value_el is not None:
-            value = value_el.get("value")
-            if value is None:
-                value = _itertext(value_el).strip() or None
-            unit = value_el.get("unit")
-        label = _attr(obs, "h:code", "displayName") or _text(obs, "h:code/h:originalText")
-        out.append(
-            LabObservation(
-                code=_attr(obs, "h:code", "code"),
-                label=label,
-                value=str(value) if value is not None else None,
-                unit=str(unit) if unit is not None and unit != "1" else None,
-                low=_attr(obs, "h:referenceRange/h:observationRange/h:value/h:low", "value"),
-                high=_attr(obs, "h:referenceRange/h:observationRange/h:value/h:high", "value"),
-                interpretation=_attr(obs, "h:interpretationCode", "code"),
-                comment=_text(obs, "h:text"),
-            )
-        )
-    return tuple(out)
-
-
-def read_cda(data: bytes, max_bytes: int = MAX_XML_BYTES) -> CdaContent:
-    """Read identity, text and observations from a CDA R2 document (hardened parser)."""
-    root = parse_xml(data, max_bytes)
-    if root.tag != f"{{{HL7}}}ClinicalDocument":
-        raise MalformedError("not a CDA R2 ClinicalDocument")
-    media_type: str | None = None
-    content: bytes | None = None
-    text_el = _first(root, "h:component/h:nonXMLBody/h:text")
-    if text_el is not None:
-        media = text_el.get("mediaType")
-        media_type = str(media) if media is not None else "text/plain"
-        raw = _itertext(text_el)
-        if text_el.get("representation") == "B64":
-            try:
-                content = base64.b64decode("".join(raw.split()), validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise MalformedError("CDA nonXMLBody is not valid base64") from exc
-        else:
-            content = raw.encode("utf-8", "replace")
-    return CdaContent(
-        document_id=_attr(root, "h:id", "root"),
-        title=_text(root, "h:title"),
-        type_code=_attr(root, "h:code", "code"),
-        effective_time=_attr(root, "h:effectiveTime", "value"),
-        patient=_read_patient(root),
-        author_name=_text(root, "h:author/h:assignedAuthor/h:assignedPerson/h:name"),
-        media_type=media_type,
-        content=content,
-        observations=_read_observations(root),
-    )
-
-
-def lab_results_of(observations: Iterable[LabObservation]) -> tuple[LabResult, ...]:
-    """Observations read back as HPRIM results (the other direction's raw material)."""
-    return tuple(
-        LabResult(
-            label=o.label,
-            code=o.code,
-            type="N" if _decimal(o.value) is not None else "A",
-            value=o.value,
-            unit=o.unit,
-            low=o.low,
-            high=o.high,
-            flag=o.interpretation if o.interpretation in ("L", "H", "LL", "HH", "N") else None,
-            comments=(o.comment,) if o.comment else (),
-        )
-        for o in observations
-    )

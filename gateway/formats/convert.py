@@ -10,6 +10,7 @@ what those headers need (CDA codes, whether an INS is present).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -23,13 +24,14 @@ from gateway.formats.cda import (
     Patient,
     build_lab_cda,
     build_n1_cda,
-    lab_results_of,
 )
+from gateway.formats.cda_reader import lab_results_of
 from gateway.formats.charset import decode_text, normalise_newlines
 from gateway.formats.hprim import (
     HprimDocument,
     HprimHeader,
     LabBlock,
+    LabResult,
     looks_like_hprim,
     parse_hprim,
     write_hprim,
@@ -119,13 +121,16 @@ def _header_from_cda(
     cda: CdaContent, sender: tuple[str, str], recipient: tuple[str, str]
 ) -> HprimHeader:
     p = cda.patient
+    street = list(p.address)
+    # "59000 LILLE" is the postcode-and-city line, wherever it comes in the CDA's address
+    city = street.pop() if street and re.match(r"\d{5}\b", street[-1]) else ""
     return HprimHeader(
         patient_code=p.local_id or "",
         last_name=p.last_name,
         first_name=p.first_name,
-        address1=p.address[0] if len(p.address) > 0 else "",
-        address2=p.address[1] if len(p.address) > 2 else "",
-        postcode_city=p.address[-1] if len(p.address) > 1 else "",
+        address1=street[0] if street else "",
+        address2=" ".join(street[1:]),
+        postcode_city=city,
         birth_date_raw=p.birth_date.strftime("%d/%m/%Y") if p.birth_date else "",
         nir=p.ins or (p.nir if p.nir else None),
         request_number="",
@@ -151,8 +156,9 @@ def hprim_from_xdm(
     if not cdas:
         raise MalformedError("XDM submission without a CDA document")
     texts: list[str] = []
-    lab: LabBlock | None = None
+    results: list[LabResult] = []
     first = cdas[0]
+    has_text = any(c.media_type == "text/plain" and c.content for c in cdas)
     for entry in content.entries:
         cda = entry.cda
         if cda is None:
@@ -167,11 +173,20 @@ def hprim_from_xdm(
             texts.append(text)
         elif cda.media_type is not None:
             texts.append(f"Document joint ({cda.media_type}) : {cda.title or entry.uri}\r\n")
-        elif cda.observations and lab is None:
-            lab = LabBlock.from_results(lab_results_of(cda.observations))
+        else:
+            # A structured document: its narrative is what its author wrote for the reader,
+            # its observations the RES lines; the original CDA travels attached (the pipeline
+            # adds it), so nothing the lab wrote is lost to the HPRIM reader.
+            if not has_text:  # beside a text document, the narrative would say it twice
+                if cda.title:
+                    texts.append(f"{cda.title}\r\n")
+                if cda.narrative:
+                    texts.append(cda.narrative)
+            results += lab_results_of(cda.observations)
+            texts.append(f"Document CDA original joint : {entry.uri.rpartition('/')[2]}\r\n")
     body = "".join(t if t.endswith("\r\n") else t + "\r\n" for t in texts)
     return HprimDocument(
         header=_header_from_cda(first, sender, recipient),
         text=body,
-        lab=lab,
+        lab=LabBlock.from_results(tuple(results)) if results else None,
     )

@@ -139,6 +139,23 @@ def nir_sex(nir: str | None) -> Literal["M", "F"] | None:
     return None
 
 
+def nir_birth(nir: str | None) -> date | None:
+    """The first day of the birth month a NIR encodes (digits 2-5: YYMM), with or without its
+    key; the century is the latest that does not put the birth in the future. None when the
+    month is unknown (a NIR may carry 20 or more for it)."""
+    if not nir:
+        return None
+    compact = _nir_compact(nir)
+    if len(compact) < 13 or not compact[1:5].isdigit() or compact[0] not in "12":
+        return None
+    year, month = int(compact[1:3]), int(compact[3:5])
+    if not 1 <= month <= 12:
+        return None
+    today = date.today()
+    century = 2000 if 2000 + year <= today.year else 1900
+    return date(century + year, month, 1)
+
+
 # --- data model -------------------------------------------------------------------------------
 
 
@@ -181,7 +198,11 @@ class HprimHeader:
 
     @property
     def sex(self) -> Literal["M", "F"] | None:
-        return nir_sex(self.nir) if self.nir_valid else None
+        # a NIR without its key (13 characters) still says the sex
+        compact = self.nir_compact
+        well_formed = self.nir_valid or (compact is not None and len(compact) == 13
+                                         and compact[:5].isdigit())
+        return nir_sex(self.nir) if well_formed else None
 
     def lines(self) -> tuple[str, ...]:
         """The 12 header lines to write: as they came, unless a field was changed since."""

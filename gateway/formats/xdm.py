@@ -26,7 +26,8 @@ from datetime import UTC, datetime
 from lxml import etree
 
 from gateway.errors import LimitExceeded, MalformedError
-from gateway.formats.cda import Author, CdaContent, CdaDocument, Patient, read_cda, xml_text
+from gateway.formats.cda import Author, CdaContent, CdaDocument, Patient, xml_text
+from gateway.formats.cda_reader import read_cda
 from gateway.formats.xmlsafe import parse_xml
 
 __all__ = [

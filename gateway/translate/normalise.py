@@ -386,10 +386,15 @@ def _xdm_attachments(content: XdmContent, carried: set[bytes]) -> list[MIMEPart]
     out = []
     for index, entry in enumerate(content.entries, start=1):
         cda = entry.cda
-        if cda is not None:
-            if cda.media_type in (None, "text/plain") or cda.content is None:
-                continue  # text is in the HPRIM body, structured results in its lab block
-            data, media = cda.content, cda.media_type
+        if cda is not None and cda.structured:
+            # its results and narrative are in the HPRIM text; the original goes along,
+            # as the text says, for software (and readers) that take the CDA itself
+            data, media = entry.content, "text/xml"
+            title = entry.uri.rpartition("/")[2] or f"document{index}.xml"
+        elif cda is not None:
+            if cda.media_type == "text/plain" or cda.content is None:
+                continue  # text is in the HPRIM body
+            data, media = cda.content, cda.media_type or "application/octet-stream"
             title = cda.title or entry.title or f"document{index}"
         else:
             data, media = entry.content, entry.mime_type or "application/octet-stream"

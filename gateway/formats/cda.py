@@ -63,6 +63,15 @@ CONFIDENTIALITY_OID = "2.16.840.1.113883.5.25"
 LOCAL_PATIENT_ID_ROOT = "1.2.250.1.999.1.1"
 LOCAL_AUTHOR_ID_ROOT = "1.2.250.1.999.1.2"
 LOCAL_LAB_CODE_SYSTEM = "1.2.250.1.999.1.3"
+#: custodian (the organisation keeping the document): a FINESS (1.2.250.1.71.4.2.2), the
+#: root the CI-SIS requires with 1.2.250.1.213.4.1; the gateway's deployment names its own
+CUSTODIAN_ROOT = "1.2.250.1.71.4.2.2"
+CUSTODIAN_ID = "000000000"
+ENCOUNTER_CODE = ("AMB", "Ambulatoire (hors établissement)")  # HL7 ActCode 2.16.840.1.113883.5.4
+#: the performer's setting of practice (CI-SIS TRE_A01-CadreExercice): an HPRIM sender is a
+#: practice or a lab outside hospitals
+SECTOR = ("AMBULATOIRE", "Ambulatoire")
+SECTOR_SYSTEM = "1.2.250.1.213.1.1.4.9"
 
 FORMAT_TEXT = "urn:ihe:iti:xds-sd:text:2008"
 FORMAT_PDF = "urn:ihe:iti:xds-sd:pdf:2008"
@@ -209,6 +218,7 @@ def _header(
     _el(root, "realmCode", code="FR")
     _el(root, "typeId", root="2.16.840.1.113883.1.3", extension="POCD_HD000040")
     _el(root, "templateId", root="2.16.840.1.113883.2.8.2.1")  # HL7 France
+    _el(root, "templateId", root="1.3.6.1.4.1.19376.1.5.3.1.1.1")  # IHE PCC medical document
     _el(root, "templateId", root="1.2.250.1.213.1.1.1.1")  # CI-SIS common header
     _el(root, "id", root=document_id)
     _el(root, "code", code=code[0], codeSystem=LOINC, displayName=xml_text(code[1]))
@@ -230,10 +240,15 @@ def _header(
         addr = _el(role, "addr")
         for line in patient.address:
             _el(addr, "streetAddressLine", line)
-    person = _el(role, "patient")
+    person = _el(role, "patient", classCode="PSN")
     name = _el(person, "name")
+    # CI-SIS: the family name is qualified (BR: birth name, the INS trait HPRIM carries), and
+    # the first given name of the birth certificate is one of the INS traits
     _el(name, "given", patient.first_name)
-    _el(name, "family", patient.last_name)
+    first_given = patient.first_name.split()[0] if patient.first_name.split() else ""
+    if first_given:
+        _el(name, "given", first_given, qualifier="BR")
+    _el(name, "family", patient.last_name, qualifier="BR")
     if patient.sex is not None:
         _el(person, "administrativeGenderCode", code=patient.sex, codeSystem=GENDER_OID)
     else:
@@ -254,9 +269,35 @@ def _header(
     custodian = _el(
         _el(_el(root, "custodian"), "assignedCustodian"), "representedCustodianOrganization"
     )
-    _el(custodian, "id", root=author.id_root, extension=xml_text(author.id))
+    _el(custodian, "id", root=CUSTODIAN_ROOT, extension=CUSTODIAN_ID)
     _el(custodian, "name", author.organisation or author.name)
+
+    # the author validated what they sent (signed S/MIME): the legal authenticator
+    legal = _el(root, "legalAuthenticator")
+    _el(legal, "time", value=ts)
+    _el(legal, "signatureCode", code="S")
+    _assigned_entity(legal, author)
+    event = _el(_el(root, "documentationOf"), "serviceEvent", classCode="ACT")
+    _el(_el(event, "effectiveTime"), "low", value=ts)
+    _assigned_entity(_el(event, "performer", typeCode="PRF"), author, sector=True)
+    encounter = _el(_el(root, "componentOf"), "encompassingEncounter")
+    _el(encounter, "code", code=ENCOUNTER_CODE[0], codeSystem="2.16.840.1.113883.5.4",
+        displayName=ENCOUNTER_CODE[1])
+    _el(_el(encounter, "effectiveTime"), "low", value=ts)
     return root
+
+
+def _assigned_entity(parent: etree._Element, author: Author, *, sector: bool = False) -> None:
+    entity = _el(parent, "assignedEntity")
+    _el(entity, "id", root=author.id_root, extension=xml_text(author.id))
+    _el(_el(_el(entity, "assignedPerson"), "name"), "family", author.name)
+    if author.organisation or sector:
+        organisation = _el(entity, "representedOrganization")
+        if author.organisation:
+            _el(organisation, "name", author.organisation)
+        if sector:  # CI-SIS: the performer's sector of activity
+            _el(organisation, "standardIndustryClassCode", code=SECTOR[0],
+                codeSystem=SECTOR_SYSTEM, displayName=SECTOR[1])
 
 
 def _serialise(root: etree._Element) -> bytes:
@@ -311,15 +352,20 @@ def _decimal(value: str | None) -> str | None:
 
 def _observation(section: etree._Element, res: LabResult, ts: str) -> None:
     obs = _el(_el(section, "entry"), "observation", classCode="OBS", moodCode="EVN")
-    if res.code:
-        attrs = {"code": xml_text(res.code), "codeSystem": LOCAL_LAB_CODE_SYSTEM}
+    # a code value holds no white space (CDA.xsd: "IGET 000" is refused): spaces become "_",
+    # and the lab's own code stays, as written, in originalText
+    value = "_".join(xml_text(res.code or "").split())
+    if value and res.code:
+        attrs = {"code": value, "codeSystem": LOCAL_LAB_CODE_SYSTEM}
         if res.label:
             attrs["displayName"] = xml_text(res.label)
-        _el(obs, "code", **attrs)
+        code_el = _el(obs, "code", **attrs)
+        if value != res.code:
+            _el(code_el, "originalText", res.code)
     else:
         code = _el(obs, "code", nullFlavor="OTH")
-        if res.label:
-            _el(code, "originalText", res.label)
+        if res.label or res.code:
+            _el(code, "originalText", res.label or res.code)
     if res.comments:
         _el(obs, "text", " ".join(res.comments))
     _el(obs, "statusCode", code="completed")

@@ -87,3 +87,15 @@ def test_any_results_give_a_schema_valid_lab_document(results: list[LabResult]) 
     xml = build_lab_cda(patient=PATIENT, author=AUTHOR, lab=LabBlock.from_results(results),
                         title="R", effective_time=WHEN).xml
     assert schema_errors(xml) == []
+
+
+def test_html_in_hprim_results_is_plain_text_in_the_narrative() -> None:
+    """67 of 80 real lab files a review collected write HTML in HPRIM text."""
+    results = [LabResult("H&eacute;moglobine", "HB", "N", "11,2", "g/dL", "12", "16", "L",
+                         comments=("Contr&ocirc;le &lt; 1 mois<br />&agrave; jeun",))]
+    xml = build_lab_cda(patient=PATIENT, author=AUTHOR, lab=LabBlock.from_results(results),
+                        title="R", effective_time=WHEN).xml
+    text = xml.decode()
+    assert "Hémoglobine" in text and "Contrôle &lt; 1 mois\nà jeun" in text
+    assert "&amp;eacute;" not in text and "&lt;br" not in text
+    _valid(xml)

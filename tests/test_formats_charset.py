@@ -205,3 +205,33 @@ def test_python_codecs_that_are_no_charsets_are_not_honoured(label: str) -> None
     decoded = decode_text(data, label)
     assert decoded.text == data.decode("ascii")
     assert decoded.method != "declared"
+
+
+def test_macroman_labelled_latin1_is_read_as_macroman() -> None:
+    """A Mac lab's export declared ISO-8859-1: 0x8E, 0x88, 0x99 are C1 controls in Latin-1,
+    "é", "à", "ô" in MacRoman (the field showed "RŽsultat ˆ contr™ler")."""
+    data = "Résultat à contrôler. Cher confrère, bien à vous.".encode("mac_roman")
+    got = decode_text(data, "iso-8859-1")
+    assert got.text == "Résultat à contrôler. Cher confrère, bien à vous."
+    assert (got.charset, got.method) == ("macintosh", "detected")
+
+
+def test_windows_1252_labelled_latin1_stays_windows_1252() -> None:
+    got = decode_text("Cher confrère, coût 25 € – « urgent »".encode("cp1252"), "iso-8859-1")
+    assert got.text == "Cher confrère, coût 25 € – « urgent »" and got.charset == "windows-1252"
+
+
+@pytest.mark.parametrize("saved_as", ["mac_roman"])
+def test_text_decoded_twice_is_repaired_not_turned_into_combining_marks(saved_as: str) -> None:
+    """UTF-8 read as Latin-1 and saved again (a real file): "Confrère" became bytes that are
+    valid UTF-8 for "Confr" + U+032C + "re"."""
+    data = "Confrère, à bientôt".encode().decode("latin-1").encode(saved_as)
+    for declared in (None, "iso-8859-1"):
+        got = decode_text(data, declared)
+        assert got.text == "Confrère, à bientôt", (declared, got)
+        assert got.repaired
+
+
+def test_genuine_decomposed_accents_are_kept() -> None:
+    """macOS writes "é" as "e" + U+0301: composable, not a sign of double decoding."""
+    assert decode_text("e\u0301te\u0301".encode()).text in ("e\u0301te\u0301", "été")

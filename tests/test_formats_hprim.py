@@ -19,6 +19,7 @@ from gateway.formats.hprim import (
     HprimHeader,
     LabBlock,
     LabResult,
+    _code_line,
     looks_like_hprim,
     nir_sex,
     parse_date,
@@ -348,3 +349,32 @@ def test_structured_noise_gives_document_or_gateway_error(lines: list[str], nl: 
         doc = parse_hprim(text)
         if doc.lab is not None:
             assert all(r.flag in (None, "L", "H", "LL", "HH", "N") for r in doc.lab.results)
+
+
+def _with_lines(line11: str, line12: str) -> str:
+    head = ["P1", "DUPONT", "JEANNE", "", "", "59000 LILLE", "14/07/1956", "", "R1",
+            "28/11/2026", line11, line12]
+    return "\r\n".join(head) + "\r\nTexte.\r\n****FINFICHIER****\r\n"
+
+
+@pytest.mark.parametrize(("line", "code", "name"), [
+    ("     FAKFAK FAKE.NAME", "FAKFAK", "FAKE.NAME"),       # code not in columns 1-10
+    ("M Marcel CAMPARINI", "M", "Marcel CAMPARINI"),        # a one-letter code, no padding
+    ("DUPONTJ   Dr Jean Dupont", "DUPONTJ", "Dr Jean Dupont"),  # padded as the spec says
+    ("MED0012345Dr X", "MED0012345", "Dr X"),               # ten columns, no space after
+    ("          Dr Jean Dupont", "", "Dr Jean Dupont"),     # no code
+])
+def test_lines_11_and_12_split_as_the_spec_and_freehealth_read_them(
+        line: str, code: str, name: str) -> None:
+    """Shapes seen in real HPRIM files (the first two from field files a review collected)."""
+    header = parse_hprim(_with_lines(line, line)).header
+    assert (header.sender_code, header.sender_name) == (code, name)
+    assert (header.recipient_code, header.recipient_name) == (code, name)
+
+
+@settings(max_examples=80)
+@given(st.from_regex(r"[A-Z0-9]{1,10}", fullmatch=True),
+       st.from_regex(r"[A-Za-z][A-Za-z .]{0,30}[a-z]", fullmatch=True))
+def test_a_written_code_line_reads_back(code: str, name: str) -> None:
+    header = parse_hprim(_with_lines(_code_line(code, name), "")).header
+    assert (header.sender_code, header.sender_name) == (code, name)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import re
 import uuid
 from dataclasses import dataclass
@@ -204,6 +205,17 @@ def xml_text(text: str) -> str:
     return _XML_INVALID.sub("\ufffd", text)
 
 
+_BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+
+def plain_text(text: str) -> str:
+    """Lab software writes HTML into HPRIM text ("&eacute;", "&lt;", "<br />"): what the
+    narrative shows is the text they stand for (the N1 document keeps the file as written)."""
+    if "&" not in text and "<" not in text:
+        return text
+    return html.unescape(_BR.sub("\n", text))
+
+
 def _header(
     *,
     patient: Patient,
@@ -358,7 +370,7 @@ def _observation(section: etree._Element, res: LabResult, ts: str) -> None:
     if value and res.code:
         attrs = {"code": value, "codeSystem": LOCAL_LAB_CODE_SYSTEM}
         if res.label:
-            attrs["displayName"] = xml_text(res.label)
+            attrs["displayName"] = xml_text(plain_text(res.label))
         code_el = _el(obs, "code", **attrs)
         if value != res.code:
             _el(code_el, "originalText", res.code)
@@ -367,7 +379,7 @@ def _observation(section: etree._Element, res: LabResult, ts: str) -> None:
         if res.label or res.code:
             _el(code, "originalText", res.label or res.code)
     if res.comments:
-        _el(obs, "text", " ".join(res.comments))
+        _el(obs, "text", plain_text(" ".join(res.comments)))
     _el(obs, "statusCode", code="completed")
     _el(obs, "effectiveTime", value=ts)
     unit = res.unit if res.unit and _UNIT.fullmatch(res.unit) else "1"
@@ -430,7 +442,7 @@ def build_lab_cda(
             " - ".join(v for v in (res.low, res.high) if v),
             res.flag or "",
         ):
-            _el(row, "td", cell)
+            _el(row, "td", plain_text(cell))
     for res in lab.results:
         _observation(section, res, ts)
     return CdaDocument(

@@ -307,9 +307,14 @@ def _detect_non_latin(data: bytes) -> tuple[str, str, float] | None:
 
 
 def _declared(data: bytes, codec: str) -> tuple[str, str] | None:
-    if codec in ("latin_1", "iso8859_1"):
-        # ISO-8859-1 has only C1 controls at 0x80-0x9F: a sender who used them meant 1252.
+    if codec in ("latin_1", "iso8859_1", "cp1252"):
+        # ISO-8859-1 has only C1 controls at 0x80-0x9F: a sender who used them meant 1252,
+        # or wrote on a Mac (0x8E é, 0x88 à, 0x8F è... "RŽsultat ˆ contr™ler" in 1252): the
+        # French-letter score decides, MacRoman only where it is clearly better
         if len(data.translate(None, _C1_BYTES)) != len(data):
+            text, guessed, _, decisive = _guess_latin(data)
+            return (text, guessed) if decisive else (decode_windows_1252(data), "cp1252")
+        if codec == "cp1252":
             return decode_windows_1252(data), "cp1252"
         return data.decode("latin-1"), "latin_1"
     if codec.startswith(("utf_16", "utf_32")) and data and b"\x00" not in data:
@@ -327,6 +332,27 @@ _MOJIBAKE = re.compile(f"[\u00c2-\u00df][{_CONT}]|â[€‚„]")
 # A superset of _MOJIBAKE that starts with one character class (which the regex engine scans
 # fast): most texts fail it, and only those that pass pay for the alternation.
 _MOJIBAKE_HINT = re.compile(f"[\u00c2-\u00df\u00e2][{_CONT}]")
+
+
+def _stray_marks(text: str) -> bool:
+    """Combining marks left after composition ("r" + U+032C): no French writer types those;
+    they are what UTF-8 bytes of other text look like once read again as UTF-8."""
+    if text.isascii():
+        return False
+    return _COMBINING.search(unicodedata.normalize("NFC", text)) is not None
+
+
+_COMBINING = re.compile("[\u0300-\u036f]")
+
+
+def _reread(data: bytes) -> tuple[str, str] | None:
+    """Text decoded twice (UTF-8 read as Latin-1, then saved as MacRoman or Windows-1252):
+    the legacy reading, repaired, when it leaves no stray combining mark."""
+    for codec in ("mac_roman", "cp1252"):
+        text, repaired = _repair(_decode_latin(data, codec))
+        if repaired and not _stray_marks(text):
+            return text, codec
+    return None
 
 
 def _repair(text: str) -> tuple[str, bool]:
@@ -356,7 +382,9 @@ def decode_text(data: bytes, declared: str | None = None) -> DecodedText:
         got = _declared(data, declared_codec) if declared_codec else None
         if got is not None:
             text, codec = got
-            method, confidence = "declared", 1.0
+            # a declared Latin-1 that the bytes show was MacRoman or CP850 is a detection
+            method = "detected" if codec in ("mac_roman", "cp850") else "declared"
+            confidence = 1.0
         else:
             try:
                 text = data.decode("utf-8")
@@ -373,7 +401,14 @@ def decode_text(data: bytes, declared: str | None = None) -> DecodedText:
     if not text.isascii() and _SURROGATE.search(text):
         # utf-7, unicode_escape... decode to lone surrogates, which no charset can encode
         text = _SURROGATE.sub("\ufffd", text)
+    before = text
     text, repaired = _repair(text)
+    if _stray_marks(text) and not data.isascii():
+        again = _reread(data)
+        if again is not None:
+            (text, codec), repaired, method = again, True, "detected"
+        elif repaired:  # a repair that made stray marks made things worse
+            text, repaired = before, False
     return DecodedText(
         text=normalise_newlines(text),
         charset=_mime_name(codec),

@@ -387,7 +387,16 @@ def _parse_lab(lines: list[str]) -> LabBlock:
 
 def _header_from_lines(lines: tuple[str, ...]) -> HprimHeader:
     def code(line: str) -> tuple[str, str]:
-        return line[:CODE_COLUMNS].strip(), line[CODE_COLUMNS:].strip()
+        # HPRIM Santé: the code in columns 1-10, then the name. Many writers do not pad
+        # ("M Marcel CAMPARINI", "     FAKFAK FAKE.NAME"): a first word shorter than the
+        # columns is the code, as FreeHealth's parser reads it; blank columns hold no code; a
+        # word as long as the columns or longer is cut at them (the spec's "MED0012345Dr X")
+        if not line[:CODE_COLUMNS].strip():
+            return "", line[CODE_COLUMNS:].strip()
+        first, _, rest = line.strip().partition(" ")
+        if len(first) >= CODE_COLUMNS:
+            return line[:CODE_COLUMNS].strip(), line[CODE_COLUMNS:].strip()
+        return first, rest.strip()
 
     sender_code, sender_name = code(lines[10])
     recipient_code, recipient_name = code(lines[11])

@@ -127,7 +127,7 @@ def test_round_trip_keeps_identity_text_and_results(
         ("Patient sous AVK (fluindione). Zone cible 2,0 - 3,0.",),
     )
     hb = next(r for r in back if r.code == "HB")
-    assert (hb.value, hb.unit, hb.flag) == ("10.9", "g/dl", "L")
+    assert (hb.value, hb.unit, hb.flag) == ("10.9", "g/dL", "L")  # the CDA carries the UCUM code
     aspect = next(r for r in back if r.code == "ASP")
     assert (aspect.value, aspect.type) == ("ictérique", "A")
 

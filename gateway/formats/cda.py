@@ -28,6 +28,7 @@ from lxml import etree
 
 from gateway.errors import MalformedError
 from gateway.formats.hprim import HprimHeader, LabBlock, LabResult, validate_nir
+from gateway.formats.units import parse_range, ucum
 
 __all__ = [
     "FORMAT_LAB",
@@ -82,7 +83,6 @@ _FORMAT_FOR_MEDIA = {"text/plain": FORMAT_TEXT, "application/pdf": FORMAT_PDF}
 LAB_REPORT_CODE = ("11502-2", "CR d'examens biologiques")
 DEFAULT_N1_CODE = ("11488-4", "Compte rendu de consultation")
 
-_UNIT = re.compile(r"[!-~µ]{1,20}")
 
 
 @dataclass(frozen=True)
@@ -382,22 +382,54 @@ def _observation(section: etree._Element, res: LabResult, ts: str) -> None:
         _el(obs, "text", plain_text(" ".join(res.comments)))
     _el(obs, "statusCode", code="completed")
     _el(obs, "effectiveTime", value=ts)
-    unit = res.unit if res.unit and _UNIT.fullmatch(res.unit) else "1"
+    # UCUM where the unit has a code (°C -> Cel, mUI/l -> m[IU]/L); a unit without one
+    # ("UI OMS", "mg/mM créat") is kept as written: the value travels as text with it
+    unit = ucum(res.unit)
     number = _decimal(res.value)
-    if number is not None:
-        _el(obs, "value", **{_XSI_TYPE: "PQ", "value": number, "unit": unit})
+    quantity = number is not None and (unit is not None or not res.unit)
+    if quantity and number is not None:
+        value_el = _el(obs, "value", **{_XSI_TYPE: "PQ", "value": number, "unit": unit or "1"})
+        _second_unit(value_el, res)
     elif res.value is not None:
-        _el(obs, "value", res.value, **{_XSI_TYPE: "ST"})
+        shown = f"{res.value} {res.unit}" if res.unit else res.value
+        _el(obs, "value", plain_text(shown), **{_XSI_TYPE: "ST"})
     if res.flag:
         _el(obs, "interpretationCode", code=res.flag, codeSystem=INTERPRETATION_OID)
-    low, high = _decimal(res.low), _decimal(res.high)
-    if low is not None or high is not None:
+    bounds = parse_range(res.low, res.high)
+    if bounds is not None:
         rng = _el(_el(_el(obs, "referenceRange"), "observationRange"), "value")
-        rng.set(_XSI_TYPE, "IVL_PQ")
-        if low is not None:
-            _el(rng, "low", value=low, unit=unit)
-        if high is not None:
-            _el(rng, "high", value=high, unit=unit)
+        if quantity:
+            rng.set(_XSI_TYPE, "IVL_PQ")
+            for tag, bound, inclusive in (("low", bounds.low, bounds.low_inclusive),
+                                          ("high", bounds.high, bounds.high_inclusive)):
+                if bound is not None:
+                    attrs = {"value": bound, "unit": unit or "1"}
+                    if not inclusive:
+                        attrs["inclusive"] = "false"
+                    _el(rng, tag, **attrs)
+        else:
+            rng.set(_XSI_TYPE, "ST")
+            rng.text = xml_text(" - ".join(b for b in (bounds.low, bounds.high) if b)
+                                + (f" {res.unit}" if res.unit else ""))
+
+
+UCUM_OID = "2.16.840.1.113883.6.8"
+
+
+def _second_unit(value_el: etree._Element, res: LabResult) -> None:
+    """The second unit of a 14-field RES line (``…|F|5.05|mmol/l|4.11|5.88``, the shape of
+    most real lab lines): the same result in another unit, as a ``translation``."""
+    if len(res.extra) < 2:
+        return
+    number, written = _decimal(res.extra[0]), res.extra[1].strip()
+    if number is None or not written:
+        return
+    code = ucum(written)
+    if code is not None:
+        _el(value_el, "translation", value=number, code=code, codeSystem=UCUM_OID)
+    else:
+        translation = _el(value_el, "translation", value=number, nullFlavor="OTH")
+        _el(translation, "originalText", written)
 
 
 def build_lab_cda(

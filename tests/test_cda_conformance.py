@@ -99,3 +99,29 @@ def test_html_in_hprim_results_is_plain_text_in_the_narrative() -> None:
     assert "Hémoglobine" in text and "Contrôle &lt; 1 mois\nà jeun" in text
     assert "&amp;eacute;" not in text and "&lt;br" not in text
     _valid(xml)
+
+
+def test_the_configured_identifiers_are_written() -> None:
+    from gateway.config.settings import DocumentSettings
+    from gateway.formats.xdm import build_xdm
+
+    ids = DocumentSettings(patient_id_root="1.2.250.1.4242.1", author_id_root="1.2.250.1.4242.2",
+                           lab_code_system="1.2.250.1.4242.3", source_id="1.2.250.1.4242.9",
+                           custodian_finess="750712184", custodian_name="GHU Paris")
+    text = (FORMATS / "hprim_lab_inr_latin1.hpr").read_bytes()
+    conversion = documents_from_hprim(parse_hprim(decode_text(text, None).text),
+                                      effective_time=WHEN, ids=ids)
+    n1, lab = conversion.documents
+    for document in (n1, lab):
+        _valid(document.xml)
+        assert b'root="1.2.250.1.71.4.2.2" extension="750712184"' in document.xml
+        assert b"<name>GHU Paris</name>" in document.xml
+        assert b'root="1.2.250.1.4242.1"' in document.xml  # the patient code's root
+    assert b'codeSystem="1.2.250.1.4242.3"' in lab.xml
+    assert b"1.2.250.1.999" not in n1.xml + lab.xml
+    archive = build_xdm(conversion.documents, conversion.patient, conversion.author, WHEN,
+                        source_id=ids.source_id)
+    import io
+    import zipfile
+    metadata = zipfile.ZipFile(io.BytesIO(archive)).read("IHE_XDM/SUBSET01/METADATA.XML")
+    assert b'value="1.2.250.1.4242.9"' in metadata

@@ -650,3 +650,21 @@ def test_two_listeners_on_one_address_are_refused(tmp_path: Path, base: dict[str
     base["gateway"]["metrics_listen"] = "127.0.0.1:2587"
     assert has(problems_of(write(tmp_path, base)), "gateway.metrics_listen",
                "same address as networks.mssante.listen")
+
+
+def test_document_identifiers_are_configuration_keys(tmp_path: Path,
+                                                     base: dict[str, Any]) -> None:
+    base["networks"]["mssante"]["documents"] = {
+        "patient_id_root": "1.2.250.1.4242.1", "custodian_finess": "750712184",
+        "custodian_name": "GHU Paris", "source_id": "1.2.250.1.4242.9"}
+    config = load_config(write(tmp_path, base))
+    documents = config.network("mssante").documents
+    assert (documents.patient_id_root, documents.custodian_finess, documents.source_id) == (
+        "1.2.250.1.4242.1", "750712184", "1.2.250.1.4242.9")
+    assert documents.lab_code_system == "1.2.250.1.999.1.3"  # the default, not configured
+    base["networks"]["mssante"]["documents"] = {"patient_id_root": "urn:oid:1.2",
+                                                "custodian_finess": "75", "colour": "x"}
+    problems = problems_of(write(tmp_path, base))
+    assert has(problems, "networks.mssante.documents.patient_id_root", "must be an OID")
+    assert has(problems, "networks.mssante.documents.custodian_finess", "FINESS")
+    assert has(problems, "networks.mssante.documents.colour", "unknown key")

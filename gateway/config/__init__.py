@@ -62,6 +62,7 @@ from gateway.config.settings import (
     NETWORK_NAMES,
     AddressPair,
     Config,
+    DocumentSettings,
     GatewaySettings,
     ImapConfig,
     Network,
@@ -77,6 +78,7 @@ from gateway.errors import ConfigError, ConfigProblem
 
 __all__ = [
     "DEFAULT_CHARSETS", "NETWORK_NAMES", "AddressError", "AddressPair", "Config",
+    "DocumentSettings",
     "GatewaySettings", "ImapConfig", "KeyPair", "Network", "NetworkConfig", "PrivateKey",
     "RewriteRule", "addresses_of", "default_of", "domain_matches", "keys_of", "load_config",
     "load_identity", "normalise_address", "other", "parse_certificates", "parse_crls",

@@ -168,6 +168,7 @@ def network(c: Checker, name: Network, table: Mapping[str, Any]) -> NetworkConfi
         relay_ca=relay_ca,
         charset=charset, utf8_recipients=tuple(utf8), imap=imap,
         rewrite=sections.rewrite(c, table, p),
+        documents=sections.documents(c, table, p),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from gateway.config.checker import Checker, join
 from gateway.config.settings import (
     LOG_FORMATS,
     LOG_LEVELS,
+    DocumentSettings,
     GatewaySettings,
     ImapConfig,
     RewriteRule,
@@ -176,6 +178,29 @@ def imap(c: Checker, net: Mapping[str, Any], prefix: str) -> ImapConfig | None:
         poll_seconds=c.seconds(table, "poll_seconds", p, _I("poll_seconds")),
         tls_ca=tls_ca, client_cert=client_cert, client_key=client_key,
     )
+
+
+_OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
+
+
+def documents(c: Checker, net: Mapping[str, Any], prefix: str) -> DocumentSettings:
+    p = f"{prefix}.documents"
+    table = c.table(net, "documents", p, required=False)
+    default = DocumentSettings()
+    if table is None:
+        return default
+    c.unknown_keys(table, keys_of(DocumentSettings), p)
+    values: dict[str, str] = {}
+    for name in keys_of(DocumentSettings):
+        value = c.string(table, name, p, getattr(default, name)).strip()
+        if name.endswith(("_root", "_system", "_id")) and not _OID.fullmatch(value):
+            c.problem(f"{p}.{name}", "must be an OID (digits and dots: 1.2.250.1...)")
+            continue
+        if name == "custodian_finess" and not re.fullmatch(r"[0-9A-Z]{9,10}", value):
+            c.problem(f"{p}.{name}", "must be a FINESS number (9 characters)")
+            continue
+        values[name] = value
+    return DocumentSettings(**{**default.__dict__, **values})
 
 
 def rewrite(c: Checker, net: Mapping[str, Any], prefix: str) -> RewriteRule | None:

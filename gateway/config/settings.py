@@ -124,6 +124,20 @@ class RewriteRule:
 
 
 @dataclass(frozen=True)
+class DocumentSettings:
+    """``[networks.<name>.documents]``: the identifiers the gateway writes in the CDA/XDM
+    documents it makes for this network (mssante). The ``1.2.250.1.999`` roots are
+    placeholders: a deployment registers its own OIDs and names its FINESS."""
+
+    patient_id_root: str = "1.2.250.1.999.1.1"  # root of HPRIM patient codes
+    author_id_root: str = "1.2.250.1.999.1.2"  # root of authors without an RPPS
+    lab_code_system: str = "1.2.250.1.999.1.3"  # the labs' own analysis codes
+    source_id: str = "1.2.250.1.999.1.9"  # XDSSubmissionSet.sourceId: this gateway
+    custodian_finess: str = "000000000"  # FINESS of the organisation keeping the documents
+    custodian_name: str = ""  # its name (default: the author's organisation or name)
+
+
+@dataclass(frozen=True)
 class NetworkConfig:
     """``[networks.<name>]``: everything the gateway knows about one network."""
 
@@ -162,6 +176,7 @@ class NetworkConfig:
     utf8_recipients: tuple[str, ...] = ()
     imap: ImapConfig | None = None
     rewrite: RewriteRule | None = None
+    documents: DocumentSettings = field(default_factory=DocumentSettings)
 
     def owns(self, raw: str) -> bool:
         """True if ``raw`` is a valid address with a domain of this network's patterns."""

@@ -26,6 +26,7 @@ from typing import Literal
 
 from lxml import etree
 
+from gateway.config.settings import DocumentSettings
 from gateway.errors import MalformedError
 from gateway.formats.hprim import HprimHeader, LabBlock, LabResult, validate_nir
 from gateway.formats.units import parse_range, ucum
@@ -61,14 +62,13 @@ LOINC = "2.16.840.1.113883.6.1"
 GENDER_OID = "2.16.840.1.113883.5.1"
 INTERPRETATION_OID = "2.16.840.1.113883.5.83"
 CONFIDENTIALITY_OID = "2.16.840.1.113883.5.25"
-#: local code systems of the gateway (patient codes and lab codes that HPRIM senders use)
-LOCAL_PATIENT_ID_ROOT = "1.2.250.1.999.1.1"
-LOCAL_AUTHOR_ID_ROOT = "1.2.250.1.999.1.2"
-LOCAL_LAB_CODE_SYSTEM = "1.2.250.1.999.1.3"
-#: custodian (the organisation keeping the document): a FINESS (1.2.250.1.71.4.2.2), the
-#: root the CI-SIS requires with 1.2.250.1.213.4.1; the gateway's deployment names its own
+#: the identifiers a deployment configures ([networks.mssante.documents]); their defaults
+_IDS = DocumentSettings()
+LOCAL_PATIENT_ID_ROOT = _IDS.patient_id_root
+LOCAL_AUTHOR_ID_ROOT = _IDS.author_id_root
+#: custodian (the organisation keeping the document): its FINESS under 1.2.250.1.71.4.2.2,
+#: one of the two roots the CI-SIS allows (with 1.2.250.1.213.4.1)
 CUSTODIAN_ROOT = "1.2.250.1.71.4.2.2"
-CUSTODIAN_ID = "000000000"
 ENCOUNTER_CODE = ("AMB", "Ambulatoire (hors établissement)")  # HL7 ActCode 2.16.840.1.113883.5.4
 #: the performer's setting of practice (CI-SIS TRE_A01-CadreExercice): an HPRIM sender is a
 #: practice or a lab outside hospitals
@@ -104,7 +104,7 @@ class Patient:
         return "".join(self.nir.split()).upper()
 
     @classmethod
-    def from_hprim(cls, header: HprimHeader) -> Patient:
+    def from_hprim(cls, header: HprimHeader, id_root: str = LOCAL_PATIENT_ID_ROOT) -> Patient:
         return cls(
             last_name=header.last_name,
             first_name=header.first_name,
@@ -112,6 +112,7 @@ class Patient:
             sex=header.sex,
             nir=header.nir_compact,
             local_id=header.patient_code or None,
+            local_id_root=id_root,
             address=tuple(a for a in (header.address1, header.address2, header.postcode_city) if a),
         )
 
@@ -124,11 +125,11 @@ class Author:
     organisation: str | None = None
 
     @classmethod
-    def from_hprim(cls, header: HprimHeader) -> Author:
+    def from_hprim(cls, header: HprimHeader, id_root: str = LOCAL_AUTHOR_ID_ROOT) -> Author:
         return cls(
             id=header.sender_code or "UNKNOWN",
             name=header.sender_name or header.sender_code,
-            id_root=LOCAL_AUTHOR_ID_ROOT,
+            id_root=id_root,
         )
 
 
@@ -224,6 +225,7 @@ def _header(
     code: tuple[str, str],
     effective_time: datetime,
     document_id: str,
+    ids: DocumentSettings = _IDS,
 ) -> etree._Element:
     nsmap: dict[str | None, str] = {None: HL7, "xsi": XSI}
     root = etree.Element(f"{{{HL7}}}ClinicalDocument", nsmap=nsmap)  # type: ignore[arg-type]
@@ -281,8 +283,8 @@ def _header(
     custodian = _el(
         _el(_el(root, "custodian"), "assignedCustodian"), "representedCustodianOrganization"
     )
-    _el(custodian, "id", root=CUSTODIAN_ROOT, extension=CUSTODIAN_ID)
-    _el(custodian, "name", author.organisation or author.name)
+    _el(custodian, "id", root=CUSTODIAN_ROOT, extension=ids.custodian_finess)
+    _el(custodian, "name", ids.custodian_name or author.organisation or author.name)
 
     # the author validated what they sent (signed S/MIME): the legal authenticator
     legal = _el(root, "legalAuthenticator")
@@ -325,6 +327,7 @@ def build_n1_cda(
     title: str,
     effective_time: datetime,
     code: tuple[str, str] = DEFAULT_N1_CODE,
+    ids: DocumentSettings = _IDS,
 ) -> CdaDocument:
     """A "N1" CDA wrapping ``content`` (``text/plain`` UTF-8 or ``application/pdf``)."""
     format_code = _FORMAT_FOR_MEDIA.get(media_type)
@@ -338,6 +341,7 @@ def build_n1_cda(
         code=code,
         effective_time=effective_time,
         document_id=document_id,
+        ids=ids,
     )
     body = _el(_el(root, "component"), "nonXMLBody")
     text = _el(body, "text", mediaType=media_type, representation="B64")
@@ -362,13 +366,13 @@ def _decimal(value: str | None) -> str | None:
     return text
 
 
-def _observation(section: etree._Element, res: LabResult, ts: str) -> None:
+def _observation(section: etree._Element, res: LabResult, ts: str, code_system: str) -> None:
     obs = _el(_el(section, "entry"), "observation", classCode="OBS", moodCode="EVN")
     # a code value holds no white space (CDA.xsd: "IGET 000" is refused): spaces become "_",
     # and the lab's own code stays, as written, in originalText
     value = "_".join(xml_text(res.code or "").split())
     if value and res.code:
-        attrs = {"code": value, "codeSystem": LOCAL_LAB_CODE_SYSTEM}
+        attrs = {"code": value, "codeSystem": code_system}
         if res.label:
             attrs["displayName"] = xml_text(plain_text(res.label))
         code_el = _el(obs, "code", **attrs)
@@ -440,6 +444,7 @@ def build_lab_cda(
     title: str,
     effective_time: datetime,
     code: tuple[str, str] = LAB_REPORT_CODE,
+    ids: DocumentSettings = _IDS,
 ) -> CdaDocument:
     """A structured CDA with one observation per ``RES`` line (value, unit, reference range,
     interpretation L/H/LL/HH/N) and a narrative table of the same results."""
@@ -454,6 +459,7 @@ def build_lab_cda(
         code=code,
         effective_time=effective_time,
         document_id=document_id,
+        ids=ids,
     )
     structured = _el(_el(root, "component"), "structuredBody")
     section = _el(_el(structured, "component"), "section")
@@ -476,7 +482,7 @@ def build_lab_cda(
         ):
             _el(row, "td", plain_text(cell))
     for res in lab.results:
-        _observation(section, res, ts)
+        _observation(section, res, ts, ids.lab_code_system)
     return CdaDocument(
         xml=_serialise(root),
         format_code=FORMAT_LAB,

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
+from gateway.config.settings import DocumentSettings
 from gateway.errors import MalformedError
 from gateway.formats.cda import (
     DEFAULT_N1_CODE,
@@ -37,6 +38,8 @@ from gateway.formats.hprim import (
     write_hprim,
 )
 from gateway.formats.xdm import XdmContent, build_xdm
+
+_IDS = DocumentSettings()  # the defaults; the pipeline passes the network's own
 
 __all__ = ["HprimConversion", "documents_from_hprim", "hprim_from_xdm", "hprim_to_xdm"]
 
@@ -64,13 +67,14 @@ def documents_from_hprim(
     effective_time: datetime,
     title: str | None = None,
     author: Author | None = None,
+    ids: DocumentSettings = _IDS,
 ) -> HprimConversion:
     """The N1 text CDA of the whole HPRIM file, plus a structured lab CDA when it has results.
 
     ``author`` defaults to the sender of HPRIM line 11; the pipeline passes the verified signer.
     """
-    patient = Patient.from_hprim(doc.header)
-    author = author or Author.from_hprim(doc.header)
+    patient = Patient.from_hprim(doc.header, ids.patient_id_root)
+    author = author or Author.from_hprim(doc.header, ids.author_id_root)
     is_lab = doc.lab is not None and bool(doc.lab.results)
     code = LAB_REPORT_CODE if is_lab else DEFAULT_N1_CODE
     text = normalise_newlines(write_hprim(doc))
@@ -83,6 +87,7 @@ def documents_from_hprim(
             title=title or code[1],
             effective_time=effective_time,
             code=code,
+            ids=ids,
         )
     ]
     if is_lab and doc.lab is not None:
@@ -93,6 +98,7 @@ def documents_from_hprim(
                 lab=doc.lab,
                 title=(title or code[1]) + " (résultats structurés)",
                 effective_time=effective_time,
+                ids=ids,
             )
         )
     return HprimConversion(patient=patient, author=author, documents=tuple(documents))
@@ -104,10 +110,12 @@ def hprim_to_xdm(
     effective_time: datetime,
     submission_time: datetime,
     author: Author | None = None,
+    ids: DocumentSettings = _IDS,
 ) -> tuple[HprimConversion, bytes]:
     """The conversion and its ``IHE_XDM.ZIP``."""
-    conv = documents_from_hprim(doc, effective_time=effective_time, author=author)
-    return conv, build_xdm(conv.documents, conv.patient, conv.author, submission_time)
+    conv = documents_from_hprim(doc, effective_time=effective_time, author=author, ids=ids)
+    return conv, build_xdm(conv.documents, conv.patient, conv.author, submission_time,
+                           source_id=ids.source_id)
 
 
 def _hl7_date(value: str | None) -> str:

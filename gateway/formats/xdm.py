@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 
 from lxml import etree
 
+from gateway.config.settings import DocumentSettings
 from gateway.errors import LimitExceeded, MalformedError
 from gateway.formats.cda import Author, CdaContent, CdaDocument, Patient, xml_text
 from gateway.formats.cda_reader import read_cda
@@ -72,7 +73,7 @@ IHE_FORMAT_CODES = "1.3.6.1.4.1.19376.1.2.3"
 LOINC = "2.16.840.1.113883.6.1"
 INS_NIR_OID = "1.2.250.1.213.1.4.8"
 #: the gateway's source id for submission sets (its own OID arc)
-SOURCE_ID = "1.2.250.1.999.1.9"
+SOURCE_ID = DocumentSettings().source_id  # default; a deployment configures its own
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,7 @@ def _metadata(
     patient: Patient,
     author: Author,
     submission_time: datetime,
+    source_id: str,
 ) -> bytes:
     seed = (
         b"".join(hashlib.sha256(d.xml).digest() for d in documents)
@@ -287,7 +289,7 @@ def _metadata(
     _classification(ss, ids, SS_CONTENT_TYPE, ss_id, first_code[0], LOINC, first_code[1])
     ss_unique = "2.25." + str(uuid.UUID(ids.next()[9:]).int)
     _external_id(ss, ids, SS_UNIQUE_ID, ss_id, ss_unique, "XDSSubmissionSet.uniqueId")
-    _external_id(ss, ids, SS_SOURCE_ID, ss_id, SOURCE_ID, "XDSSubmissionSet.sourceId")
+    _external_id(ss, ids, SS_SOURCE_ID, ss_id, source_id, "XDSSubmissionSet.sourceId")
     _external_id(ss, ids, SS_PATIENT_ID, ss_id, pid, "XDSSubmissionSet.patientId")
     _rim(
         objects,
@@ -337,6 +339,7 @@ def build_xdm(
     patient: Patient,
     author: Author,
     submission_time: datetime,
+    source_id: str = SOURCE_ID,
 ) -> bytes:
     """An ``IHE_XDM.ZIP`` holding ``documents`` and their metadata, as bytes."""
     if not documents:
@@ -355,7 +358,7 @@ def build_xdm(
     files = [
         ("INDEX.HTM", _index_htm(documents, author)),
         ("README.TXT", _README.encode("ascii")),
-        (METADATA_PATH, _metadata(documents, patient, author, submission_time)),
+        (METADATA_PATH, _metadata(documents, patient, author, submission_time, source_id)),
     ]
     files += [(f"{SUBSET}DOC{i:04d}.XML", d.xml) for i, d in enumerate(documents, start=1)]
     buffer = io.BytesIO()

@@ -79,6 +79,7 @@ def _network_runtime(net: NetworkConfig) -> NetworkRuntime:
         utf8_recipients=frozenset(a.lower() for a in net.utf8_recipients),
         write_gcm=net.encrypt_gcm,
         accept_cbc=net.accept_cbc,
+        documents=net.documents,
     )
 
 

@@ -48,6 +48,7 @@ from email.message import EmailMessage, Message, MIMEPart
 from cryptography.x509.oid import NameOID
 
 from gateway import errors
+from gateway.config.settings import DocumentSettings
 from gateway.formats.cda import (
     LOCAL_AUTHOR_ID_ROOT,
     Author,
@@ -186,13 +187,14 @@ def _signer_name(signer: Signer) -> str:
     return ""
 
 
-def author_from_signer(signer: Signer, sender_name: str = "") -> Author:
+def author_from_signer(signer: Signer, sender_name: str = "",
+                       id_root: str = LOCAL_AUTHOR_ID_ROOT) -> Author:
     """The CDA author: the verified signer (certificate CN, first address); the HPRIM sender
     name (a laboratory, a practice) as its organisation when it says something else."""
     address = min(signer.addresses) if signer.addresses else ""
     name = _signer_name(signer) or sender_name or address or "Inconnu"
     organisation = sender_name if sender_name and sender_name != name else None
-    return Author(id=address or "UNKNOWN", name=name, id_root=LOCAL_AUTHOR_ID_ROOT,
+    return Author(id=address or "UNKNOWN", name=name, id_root=id_root,
                   organisation=organisation)
 
 
@@ -314,7 +316,8 @@ def _rebuild(part: Message, ctx: _Ctx, first_text: list[str]) -> Message:
 
 
 def _pdf_documents(leaves: Sequence[Message], code: tuple[str, str], patient: Patient,
-                   author: Author, effective: datetime) -> list[CdaDocument]:
+                   author: Author, effective: datetime,
+                   ids: DocumentSettings) -> list[CdaDocument]:
     """One PDF N1 CDA per PDF attachment (the same patient, author and document code)."""
     out = []
     for leaf in leaves:
@@ -330,12 +333,13 @@ def _pdf_documents(leaves: Sequence[Message], code: tuple[str, str], patient: Pa
         out.append(build_n1_cda(patient=patient, author=author, content=data,
                                 media_type="application/pdf",
                                 title=_safe_filename(name) or "Document PDF",
-                                effective_time=effective, code=code))
+                                effective_time=effective, code=code, ids=ids))
     return out
 
 
 def _to_mssante(msg: EmailMessage, ctx: _Ctx, signer: Signer, moment: datetime,
-                facts: dict[str, str]) -> tuple[Message, list[tuple[str, str]]]:
+                facts: dict[str, str], ids: DocumentSettings,
+                ) -> tuple[Message, list[tuple[str, str]]]:
     first_text: list[str] = []
     root = _rebuild(msg, ctx, first_text)
     if not first_text or not looks_like_hprim(first_text[0]):
@@ -347,14 +351,14 @@ def _to_mssante(msg: EmailMessage, ctx: _Ctx, signer: Signer, moment: datetime,
         facts["format"] = "text"
         facts["hprim"] = "unparsed"
         return root, []
-    author = author_from_signer(signer, doc.header.sender_name)
+    author = author_from_signer(signer, doc.header.sender_name, ids.author_id_root)
     effective = _day(doc.header.exam_date, moment)
     try:
-        conv = documents_from_hprim(doc, effective_time=effective, author=author)
+        conv = documents_from_hprim(doc, effective_time=effective, author=author, ids=ids)
         documents = list(conv.documents)
         documents += _pdf_documents(_leaves(msg), conv.documents[0].type_code, conv.patient,
-                                    author, effective)
-        archive = build_xdm(documents, conv.patient, author, moment)
+                                    author, effective, ids)
+        archive = build_xdm(documents, conv.patient, author, moment, source_id=ids.source_id)
     except errors.MalformedError:
         # the text and the files still go over, readable: a missing XDM is better than a bounce
         facts["format"] = "text"
@@ -504,7 +508,8 @@ def _normalise(content: bytes, source: NetworkRuntime, destination: NetworkRunti
     if _is_mdn(msg):
         facts["format"] = "mdn"  # carried, never answered: the gateway writes no MDN
     elif destination.name == "mssante" and source.name != "mssante":
-        root, headers = _to_mssante(msg, ctx, signer, _moment(at, signer), facts)
+        root, headers = _to_mssante(msg, ctx, signer, _moment(at, signer), facts,
+                                    destination.documents)
     elif destination.name == "apicrypt":
         xdm_leaf = next((leaf for leaf in _leaves(msg) if _is_xdm(leaf)), None)
         if xdm_leaf is not None:

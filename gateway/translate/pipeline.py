@@ -21,6 +21,7 @@ from cryptography import x509
 
 from gateway import errors
 from gateway.config.addresses import lookup_key
+from gateway.config.settings import DocumentSettings
 from gateway.smime.directory import CertificateDirectory
 from gateway.smime.envelope import advertises_gcm
 from gateway.smime.mime import parse_entity
@@ -57,6 +58,8 @@ class NetworkRuntime:
     utf8_recipients: frozenset[str] = frozenset()
     write_gcm: bool = False  # seal toward this network as AuthEnvelopedData (AES-256-GCM)
     accept_cbc: bool = True  # accept EnvelopedData (AES-CBC, unauthenticated) from it
+    # identifiers written in the CDA/XDM documents made for this network
+    documents: DocumentSettings = field(default_factory=DocumentSettings)
 
 
 @dataclass(frozen=True)

@@ -267,7 +267,7 @@ class Gateway:
 
     # Routing reads the runtime of the moment, so a reload (SIGHUP) applies to the next command.
     def _check_sender(self, network: str, address: str) -> str:
-        return self.runtime.check_sender(network, address)
+        return self.runtime.check_sender(network, address, strict=False)
 
     def _route_recipient(self, network: str, address: str) -> str:
         # A user who has a certificate on the source network is reached on that network, not

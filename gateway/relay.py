@@ -128,6 +128,8 @@ class MessagePath:
         size_in = len(message.content)
         job: Callable[[], Translation] | None = None
         try:
+            # an LDAP directory is asked here, off the loop, before the pipeline reads it
+            await runtime.prefetch(source, message.mail_from, message.routed_rcpts)
             job = functools.partial(
                 translate, message.content,
                 source=runtime.network(source), destination=runtime.network(destination),

@@ -668,3 +668,23 @@ def test_document_identifiers_are_configuration_keys(tmp_path: Path,
     assert has(problems, "networks.mssante.documents.patient_id_root", "must be an OID")
     assert has(problems, "networks.mssante.documents.custodian_finess", "FINESS")
     assert has(problems, "networks.mssante.documents.colour", "unknown key")
+
+
+def test_an_ldap_directory_is_checked(tmp_path: Path, base: dict[str, Any]) -> None:
+    net = base["networks"]["mssante"]
+    net["ldap"] = {"url": "ldaps://annuaire.sante.test:636", "base_dn": "ou=people,dc=sante",
+                   "timeout_seconds": 2}
+    del net["directory"]  # the directory is LDAP: no folder needed
+    config = load_config(write(tmp_path, base))
+    ldap = config.network("mssante").ldap
+    assert ldap is not None and ldap.url.startswith("ldaps://") and ldap.timeout_seconds == 2
+    assert ldap.certificate_filter == "(mail={address})"
+    net["ldap"] = {"url": "http://annuaire", "base_dn": "dc=x", "starttls": False,
+                   "certificate_filter": "mail=*", "bind_dn": "cn=gw,dc=x"}
+    problems = problems_of(write(tmp_path, base))
+    assert has(problems, "networks.mssante.ldap.url", "ldaps://")
+    assert has(problems, "networks.mssante.ldap.certificate_filter", "{address}")
+    assert has(problems, "networks.mssante.ldap.password_file", "missing required key")
+    net["ldap"] = {"url": "ldap://annuaire.sante.test", "base_dn": "dc=x", "starttls": False}
+    assert has(problems_of(write(tmp_path, base)), "networks.mssante.ldap.starttls",
+               "loopback")

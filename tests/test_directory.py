@@ -122,7 +122,7 @@ def test_unreadable_folder_is_transient(tmp_path: Path, folder: Path,
     missing = FolderDirectory(tmp_path / "absent")
     with pytest.raises(DirectoryUnavailable) as info:
         missing.lookup("jean.dupont@medical59.apicrypt.org")
-    assert info.value.reply.code == 450
+    assert info.value.reply.code == 451  # RFC 3463 4.4.3: directory server failure
     assert "jean" not in str(info.value)
     shutil.copytree(folder, tmp_path / "absent")
     missing.reload()

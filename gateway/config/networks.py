@@ -96,7 +96,7 @@ def network(c: Checker, name: Network, table: Mapping[str, Any]) -> NetworkConfi
     smime_key = c.path(table, "smime_key", p, required=True)
     c.key_pair(p, "smime_cert", "smime_key", cert_path=smime_cert, key_path=smime_key,
                what="the gateway's S/MIME certificate")
-    directory = c.path(table, "directory", p, kind="dir", required=True)
+    directory = c.path(table, "directory", p, kind="dir", required="ldap" not in table)
 
     imap = sections.imap(c, table, p)
     listen = host_port(c, table, "listen", p, required=False)
@@ -169,6 +169,7 @@ def network(c: Checker, name: Network, table: Mapping[str, Any]) -> NetworkConfi
         charset=charset, utf8_recipients=tuple(utf8), imap=imap,
         rewrite=sections.rewrite(c, table, p),
         documents=sections.documents(c, table, p),
+        ldap=sections.ldap(c, table, p),
     )
 
 

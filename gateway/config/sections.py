@@ -22,6 +22,7 @@ from gateway.config.settings import (
     DocumentSettings,
     GatewaySettings,
     ImapConfig,
+    LdapConfig,
     RewriteRule,
     default_of,
     keys_of,
@@ -177,6 +178,47 @@ def imap(c: Checker, net: Mapping[str, Any], prefix: str) -> ImapConfig | None:
         lease_seconds=c.seconds(table, "lease_seconds", p, _I("lease_seconds")),
         poll_seconds=c.seconds(table, "poll_seconds", p, _I("poll_seconds")),
         tls_ca=tls_ca, client_cert=client_cert, client_key=client_key,
+    )
+
+
+_L = functools.partial(default_of, LdapConfig)  # its field defaults
+
+
+def ldap(c: Checker, net: Mapping[str, Any], prefix: str) -> LdapConfig | None:
+    p = f"{prefix}.ldap"
+    table = c.table(net, "ldap", p, required=False)
+    if table is None:
+        return None
+    c.unknown_keys(table, keys_of(LdapConfig), p)
+    url = c.string(table, "url", p, required=True)
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rpartition(":")[0] or rest.split("/", 1)[0]
+    if "url" in table and (scheme not in ("ldap", "ldaps") or not host):
+        c.problem(f"{p}.url", "must be ldaps://host[:port] or ldap://host[:port]")
+    starttls = c.boolean(table, "starttls", p, _L("starttls"))
+    if scheme == "ldap" and not starttls and not is_loopback(host.strip("[]")):
+        c.problem(f"{p}.starttls", "false only for a loopback directory (certificates would "
+                                   "travel in clear)")
+    base_dn = c.string(table, "base_dn", p, required=True)
+    bind_dn = c.string(table, "bind_dn", p) or None
+    password_file = c.path(table, "password_file", p, required=bind_dn is not None)
+    if password_file is not None:
+        c.secret_mode(f"{p}.password_file", password_file)
+    template = c.string(table, "certificate_filter", p, _L("certificate_filter"))
+    if "{address}" not in template or not (template.startswith("(")
+                                           and template.endswith(")")):
+        c.problem(f"{p}.certificate_filter", "must be an LDAP filter holding {address}")
+    attributes = tuple(v for _, v in c.string_list(table, "certificate_attributes", p)) or _L(
+        "certificate_attributes")
+    return LdapConfig(
+        url=url, base_dn=base_dn, ca_file=c.path(table, "ca_file", p),
+        starttls=starttls, bind_dn=bind_dn, password_file=password_file,
+        certificate_filter=template, certificate_attributes=attributes,
+        timeout_seconds=c.seconds(table, "timeout_seconds", p, _L("timeout_seconds")),
+        cache_seconds=c.seconds(table, "cache_seconds", p, _L("cache_seconds")),
+        negative_cache_seconds=c.seconds(table, "negative_cache_seconds", p,
+                                         _L("negative_cache_seconds")),
+        cache_size=c.integer(table, "cache_size", p, _L("cache_size"), maximum=10_000_000),
     )
 
 

@@ -124,6 +124,25 @@ class RewriteRule:
 
 
 @dataclass(frozen=True)
+class LdapConfig:
+    """``[networks.<name>.ldap]``: the network's LDAP directory of users and certificates."""
+
+    url: str  # ldaps://host:636, or ldap://host:389 (then StartTLS unless starttls = false)
+    base_dn: str
+    ca_file: Path | None = None  # CAs of the directory's TLS certificate (default: the system's)
+    starttls: bool = True  # ldap:// URLs: false only for a loopback directory
+    bind_dn: str | None = None  # None: anonymous bind
+    password_file: Path | None = None
+    # {address} is replaced by the address, escaped (RFC 4515)
+    certificate_filter: str = "(mail={address})"
+    certificate_attributes: tuple[str, ...] = ("userCertificate;binary",)
+    timeout_seconds: float = 5.0  # per query; past it the message is answered 451
+    cache_seconds: float = 3600.0  # how long a found certificate is used without asking again
+    negative_cache_seconds: float = 60.0  # how long "no such user" is remembered
+    cache_size: int = 20000  # addresses remembered (hits and misses)
+
+
+@dataclass(frozen=True)
 class DocumentSettings:
     """``[networks.<name>.documents]``: the identifiers the gateway writes in the CDA/XDM
     documents it makes for this network (mssante). The ``1.2.250.1.999`` roots are
@@ -177,6 +196,7 @@ class NetworkConfig:
     imap: ImapConfig | None = None
     rewrite: RewriteRule | None = None
     documents: DocumentSettings = field(default_factory=DocumentSettings)
+    ldap: LdapConfig | None = None  # the recipients' certificates come from LDAP, not a folder
 
     def owns(self, raw: str) -> bool:
         """True if ``raw`` is a valid address with a domain of this network's patterns."""

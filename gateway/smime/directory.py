@@ -4,7 +4,7 @@ Rule kept here: the directory only *finds* certificates; it does not judge them.
 revocation and key usage are checked by the caller against the destination network's trust
 store, so that a directory backend (a folder today, LDAP or DNS later) can never make an
 untrusted certificate usable. A backend that cannot be read raises ``DirectoryUnavailable``
-(``450 4.7.1``: the sender retries), never an empty answer that would bounce the message.
+(``451 4.4.3``: the sender retries), never an empty answer that would bounce the message.
 
 ``FolderDirectory`` reads every ``*.pem``, ``*.crt`` and ``*.cer`` file of one folder (PEM with
 one or more certificates, or DER) once, at construction and on ``reload()``. Certificates are

@@ -9,6 +9,7 @@ an old and half of a new configuration.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway import errors
@@ -23,6 +24,7 @@ from gateway.config import (
 )
 from gateway.config.addresses import lookup_key
 from gateway.smime.directory import FolderDirectory
+from gateway.smime.ldap_directory import LdapDirectory
 from gateway.smime.model import Identity
 from gateway.smime.trust import TrustStore
 from gateway.translate import routing
@@ -42,17 +44,43 @@ class Runtime:
     def network(self, name: str) -> NetworkRuntime:
         return self.networks[name]
 
-    def check_sender(self, source: str, address: str) -> str:
+    def check_sender(self, source: str, address: str, *, strict: bool = True) -> str:
         """``routing.check_sender``, and one rule the routes alone cannot see: an address book
         entry whose other side is a user of the other network (a certificate in its directory)
         makes ``address`` the gateway's alias of that user. Whoever holds a certificate for the
-        alias must not send as that user (``SenderRefused``, 550 5.7.1)."""
+        alias must not send as that user (``SenderRefused``, 550 5.7.1).
+
+        ``strict=False`` (at MAIL): a directory that must be asked first (LDAP) is not, and
+        the rule is judged again, strictly, once it has been (before the translation)."""
         sender = routing.check_sender(self.routing, source, address)
         counterpart = routing.booked_counterpart(self.routing, source, sender)
-        if counterpart is not None and self.networks[other(source)].directory.lookup(counterpart):
+        if counterpart is None:
+            return sender
+        try:
+            found = self.networks[other(source)].directory.lookup(counterpart)
+        except errors.DirectoryUnavailable:
+            if strict:
+                raise
+            found = []
+        if found:
             raise errors.SenderRefused("sender is the gateway's alias of a user of the other"
                                        " network")
         return sender
+
+    async def prefetch(self, source: str, mail_from: str, recipients: Sequence[str]) -> None:
+        """Ask the destination's directory (when it must be asked: LDAP) about everything the
+        translation will look up: the recipients and the sender's booked counterpart."""
+        directory = self.networks[other(source)].directory
+        fetch = getattr(directory, "prefetch", None)
+        if fetch is None:
+            return
+        wanted = list(recipients)
+        with contextlib.suppress(errors.GatewayError):
+            sender = routing.check_sender(self.routing, source, mail_from)
+            counterpart = routing.booked_counterpart(self.routing, source, sender)
+            if counterpart is not None:
+                wanted.append(counterpart)
+        await fetch(wanted)
 
     def reverse_sender(self, source: str, address: str) -> str:
         """The sender's address on the other network (``routing.reverse_sender``), once
@@ -73,7 +101,8 @@ def _network_runtime(net: NetworkConfig) -> NetworkRuntime:
         identity=identity,
         store=TrustStore(anchors=anchors, intermediates=intermediates, crls=crls,
                          crl_fail_closed=net.crl_policy == "fail-closed"),
-        directory=FolderDirectory(net.directory),
+        directory=LdapDirectory(net.ldap) if net.ldap is not None
+        else FolderDirectory(net.directory),
         identity_chain=chain,
         charset=net.charset,
         utf8_recipients=frozenset(a.lower() for a in net.utf8_recipients),

@@ -6,6 +6,7 @@ is taken from the message's headers instead of an SMTP session, and the time is 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import email.utils
 import functools
@@ -61,6 +62,8 @@ def translate_file(config: Config, runtime: Runtime, raw: bytes, *, source: str,
     if len(wanted) > config.gateway.max_recipients:
         raise errors.GatewayError("too many recipients", reply=errors.TOO_MANY_RECIPIENTS)
     routed = [routing.route_recipient(table, source, r) for r in wanted]
+    if hasattr(runtime.network(other(source)).directory, "prefetch"):  # LDAP: ask it first
+        asyncio.run(runtime.prefetch(source, mail_from, routed))
     moment = at or dt.datetime.now(dt.UTC)
     return translate(
         raw,

@@ -1,0 +1,194 @@
+"""Recipients' certificates from a network's LDAP directory (``[networks.X.ldap]``).
+
+Rules kept here:
+- The event loop never waits on LDAP: ``prefetch`` (awaited by the message path before the
+  translation, for the recipients and the sender's counterpart) runs the queries in a small
+  thread pool, each bounded by ``timeout_seconds``; ``lookup`` (what the pipeline calls, as for
+  a folder) answers from what was fetched.
+- Found certificates are kept ``cache_seconds`` (bounded by ``cache_size``), "no such user"
+  ``negative_cache_seconds``. A directory that cannot be reached or answers an error raises
+  ``DirectoryUnavailable`` (``451 4.4.3``: the sender retries): never a relay without a
+  certificate check, never a bounce because a server was down. Certificates are only found
+  here; the trust store judges them as it judges a folder's.
+- The connection is TLS (``ldaps://``, or StartTLS on ``ldap://``; clear text only for a
+  loopback directory, which ``check-config`` enforces), verified against ``ca_file``.
+
+ldap3 (pure Python, synchronous) runs in the pool: the maintained asynchronous clients
+(bonsai) need the C libldap at build time, which a fresh machine's ``pip install`` lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import queue
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import structlog
+from cryptography import x509
+
+from gateway.config.addresses import lookup_key
+from gateway.config.settings import LdapConfig
+from gateway.errors import DirectoryUnavailable
+from gateway.memo import Memo
+
+log = structlog.get_logger("gateway.ldap")
+
+_POOL_THREADS = 4
+
+
+def _escape(value: str) -> str:
+    """RFC 4515 escaping of a value put into a filter (``*``, ``(``, ``)``, ``\\``, NUL)."""
+    out = []
+    for char in value:
+        if char in "*()\\\x00":
+            out.append(f"\\{ord(char):02x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _certificates(values: Iterable[Any]) -> list[x509.Certificate]:
+    certs = []
+    for value in values:
+        if isinstance(value, bytes | bytearray):
+            with contextlib.suppress(ValueError):
+                certs.append(x509.load_der_x509_certificate(bytes(value)))
+    return certs
+
+
+class LdapDirectory:
+    """A ``CertificateDirectory`` backed by LDAP, with a bounded TTL cache."""
+
+    def __init__(self, config: LdapConfig, *, clock: Callable[[], float] = time.monotonic,
+                 ) -> None:
+        self.config = config
+        self.clock = clock
+        self._cache: Memo[str, tuple[float, tuple[x509.Certificate, ...]]] = Memo(
+            config.cache_size)
+        self._pool = ThreadPoolExecutor(max_workers=_POOL_THREADS,
+                                        thread_name_prefix="passerelle-ldap")
+        self._connections: queue.LifoQueue[Any] = queue.LifoQueue()
+        self._password: str | None = None
+        if config.password_file is not None:
+            self._password = config.password_file.read_text("utf-8").strip()
+        self._lock = threading.Lock()
+        self.queries = 0  # tests and metrics: the round trips made
+
+    # --- what the pipeline calls --------------------------------------------------------------
+
+    def lookup(self, address: str) -> list[x509.Certificate]:
+        key = lookup_key(address)
+        entry = self._cache.get(key)
+        if entry is None or entry[0] < self.clock():
+            raise DirectoryUnavailable("recipient not looked up in the directory")
+        return list(entry[1])
+
+    async def prefetch(self, addresses: Iterable[str]) -> None:
+        """Query the directory for every address not freshly known; one query per address,
+        concurrently. Raises ``DirectoryUnavailable`` if one cannot be answered."""
+        now = self.clock()
+        wanted = []
+        for address in dict.fromkeys(lookup_key(a) for a in addresses):
+            entry = self._cache.get(address)
+            if entry is None or entry[0] < now:
+                wanted.append(address)
+        if not wanted:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.config.timeout_seconds):
+                found = await asyncio.gather(*(
+                    loop.run_in_executor(self._pool, self._query, address)
+                    for address in wanted))
+        except TimeoutError:
+            log.warning("ldap.unavailable", error="timeout",
+                        timeout_s=self.config.timeout_seconds)
+            raise DirectoryUnavailable("directory did not answer in time") from None
+        except DirectoryUnavailable as exc:
+            log.warning("ldap.unavailable", error=exc.reason)
+            raise
+        now = self.clock()
+        for address, certs in zip(wanted, found, strict=True):
+            ttl = self.config.cache_seconds if certs else self.config.negative_cache_seconds
+            self._cache.put(address, (now + ttl, tuple(certs)))
+
+    def forget(self) -> None:
+        """Drop every cached answer (reload)."""
+        self._cache.clear()
+
+    def close(self) -> None:
+        while not self._connections.empty():
+            with contextlib.suppress(Exception):
+                self._connections.get_nowait().unbind()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- in the pool --------------------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        import ldap3
+
+        cfg = self.config
+        tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, version=ssl.PROTOCOL_TLS_CLIENT,
+                        ca_certs_file=str(cfg.ca_file) if cfg.ca_file else None)
+        try:
+            server = ldap3.Server(cfg.url, use_ssl=cfg.url.startswith("ldaps://"), tls=tls,
+                                  connect_timeout=cfg.timeout_seconds, get_info=ldap3.NONE)
+            connection = ldap3.Connection(
+                server, user=cfg.bind_dn, password=self._password,
+                authentication=ldap3.SIMPLE if cfg.bind_dn else ldap3.ANONYMOUS,
+                receive_timeout=max(1, math.ceil(cfg.timeout_seconds)),  # an int (SO_RCVTIMEO)
+                raise_exceptions=True)
+            connection.open()
+            if cfg.url.startswith("ldap://") and cfg.starttls:
+                connection.start_tls()
+            connection.bind()
+        except Exception as exc:  # ldap3 raises more than its own types: fail closed (451)
+            raise DirectoryUnavailable(f"directory unreachable: {type(exc).__name__}") from None
+        return connection
+
+    def _query(self, address: str) -> list[x509.Certificate]:
+
+        cfg = self.config
+        search = cfg.certificate_filter.replace("{address}", _escape(address))
+        for attempt in (1, 2):  # a pooled connection the server closed: one fresh retry
+            try:
+                connection = self._connections.get_nowait()
+            except queue.Empty:
+                connection = self._connect()
+            try:
+                with self._lock:
+                    self.queries += 1
+                connection.search(cfg.base_dn, search, attributes=list(
+                    cfg.certificate_attributes), size_limit=50,
+                    time_limit=max(1, int(cfg.timeout_seconds)))
+                certs = [cert for entry in connection.response or []
+                         if entry.get("type") == "searchResEntry"
+                         for name in cfg.certificate_attributes
+                         for cert in _certificates(_values(entry, name))]
+            except Exception as exc:  # (ldap3 raises more than LDAPException)
+                with contextlib.suppress(Exception):
+                    connection.unbind()
+                if attempt == 2:
+                    raise DirectoryUnavailable(
+                        f"directory query failed: {type(exc).__name__}") from None
+                continue
+            self._connections.put(connection)
+            return certs
+        raise DirectoryUnavailable("directory query failed")  # (not reached)
+
+
+def _values(entry: dict[str, Any], name: str) -> list[Any]:
+    """An attribute's raw values, whatever the case and options the server answered with."""
+    raw = entry.get("raw_attributes") or {}
+    wanted = name.lower()
+    for key, values in raw.items():
+        if key.lower() == wanted or key.lower().split(";")[0] == wanted.split(";")[0]:
+            return list(values)
+    return []

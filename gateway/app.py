@@ -363,9 +363,18 @@ async def _serve_metrics(address: str, gateway: Gateway) -> asyncio.AbstractServ
 
 def log_warnings(config: Config) -> None:
     """What check-config would warn about (a CRL past its next update, a secret readable by
-    others...), once at start and after each reload, so the operator's log says it."""
+    others...), once at start and after each reload, so the operator's log says it; and the
+    size and age of each domains file loaded."""
     for warning in config.warnings:
         log.warning("config.warning", warning=warning)
+    for name in NETWORKS:
+        net = config.network(name)
+        if net.domains_file is None:
+            continue
+        with contextlib.suppress(OSError):
+            age = (time.time() - net.domains_file.stat().st_mtime) / 86_400
+            log.info("domains.loaded", network=name, file=net.domains_file.name,
+                     domains=net.file_domains, age_days=round(age, 1))
 
 
 async def serve(config: Config, *, reuse_port: bool = False,

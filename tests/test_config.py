@@ -688,3 +688,39 @@ def test_an_ldap_directory_is_checked(tmp_path: Path, base: dict[str, Any]) -> N
     net["ldap"] = {"url": "ldap://annuaire.sante.test", "base_dn": "dc=x", "starttls": False}
     assert has(problems_of(write(tmp_path, base)), "networks.mssante.ldap.starttls",
                "loopback")
+
+
+def test_a_domains_file_feeds_the_network_and_names_a_bad_line(tmp_path: Path,
+                                                                base: dict[str, Any]) -> None:
+    """The MSSanté operators publish the trust space's domains: one a line."""
+    listing = tmp_path / "mssante-domains.txt"
+    listing.write_text("# liste des domaines\nchu-test.mssante.fr\n*.aphp.mssante.fr\n\n"
+                       "hopital-test.mssante.fr  # commentaire\npasserelle.mssante.fr\n")
+    net = base["networks"]["mssante"]
+    net["domains_file"] = str(listing)
+    del net["domains"]
+    config = load_config(write(tmp_path, base))
+    mss = config.network("mssante")
+    assert mss.file_domains == 4
+    assert mss.owns("a@chu-test.mssante.fr") and mss.owns("b@psy.aphp.mssante.fr")
+    assert not mss.owns("c@autre.mssante.fr") and not mss.owns("d@aphp.mssante.fr")
+    listing.write_text("chu-test.mssante.fr\nnot a domain\n")
+    assert has(problems_of(write(tmp_path, base)), "networks.mssante.domains_file",
+               "line 2: bad domain pattern")
+
+
+def test_domain_sets_agree_with_the_one_rule() -> None:
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from gateway.config.addresses import DomainSet, domain_matches
+
+    labels = st.sampled_from(["a", "b", "mssante", "fr", "chu", "x"])
+    domains = st.lists(labels, min_size=1, max_size=4).map(".".join)
+    patterns = st.lists(st.one_of(domains, domains.map(lambda d: "*." + d)), max_size=6)
+
+    @given(patterns, domains)
+    def agree(pats: list[str], dom: str) -> None:
+        assert DomainSet(pats).matches(dom) == any(domain_matches(p, dom) for p in pats)
+
+    agree()

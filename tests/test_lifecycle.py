@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -462,3 +463,51 @@ def test_a_configuration_error_at_start_is_json_on_stderr(tmp_path: Path) -> Non
     assert events and all(e["event"] == "config.invalid" and e["level"] == "error"
                           for e in events)
     assert any("gateway.colour" in e["problem"] for e in events)
+
+
+async def test_a_reloaded_domains_file_routes_its_new_domains(tmp_path: Path) -> None:
+    """The operators' list grows: after SIGHUP (reload) a domain it added is routed, and the
+    log says how many domains the file held."""
+    import smtplib as _smtp
+
+    import structlog
+
+    from gateway.app import Gateway
+    from gateway.config import load_config
+    from gateway.translate.context import build_runtime
+
+    ports = port_map("a_in", "a_out", "m_in", "m_out")
+    init_pki(tmp_path / "pki", apicrypt_port=ports["a_in"], apicrypt_relay_port=ports["a_out"],
+             mssante_port=ports["m_in"], mssante_relay_port=ports["m_out"])
+    pki = Pki(tmp_path / "pki")
+    listing = pki.root / "mssante-domains.txt"
+    listing.write_text("hopital-test.mssante.fr\nchu-test.mssante.fr\npasserelle.mssante.fr\n")
+    text = pki.config.read_text().replace('domains = ["*.mssante.fr"]',
+                                          'domains_file = "mssante-domains.txt"')
+    pki.config.write_text(text + '\n[networks.apicrypt.rewrite]\ndomain = '
+                                 '"passerelle.apicrypt.org"\n')
+    config = load_config(pki.config)
+    gateway = Gateway(config, build_runtime(config))
+    await gateway.start()
+    rcpt = "nouveau=clinique-nouvelle.mssante.fr@passerelle.apicrypt.org"
+
+    def rcpt_code() -> int:
+        ctx = ssl.create_default_context(cafile=str(pki.ca_file("apicrypt")))
+        ctx.check_hostname = False
+        with _smtp.SMTP("127.0.0.1", ports["a_in"], timeout=30) as client:
+            client.starttls(context=ctx)
+            client.ehlo("client.test")
+            client.mail(JEAN)
+            return client.rcpt(rcpt)[0]
+
+    try:
+        assert await asyncio.to_thread(rcpt_code) == 550
+        listing.write_text(listing.read_text() + "clinique-nouvelle.mssante.fr\n")
+        with structlog.testing.capture_logs() as logs:
+            assert await gateway.reload()
+        [loaded] = [e for e in logs if e["event"] == "domains.loaded"]
+        assert (loaded["network"], loaded["domains"]) == ("mssante", 4)
+        assert await asyncio.to_thread(rcpt_code) == 250
+    finally:
+        await gateway.stop_accepting()
+        gateway.close()

@@ -59,18 +59,44 @@ def _issued(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bo
         return False
 
 
+def _domains_file(c: Checker, key: str, path: Path | None, domains: list[str]) -> int:
+    """Add the patterns of a domains file (one a line, ``#`` comments) to ``domains``; how
+    many it held. A bad line is a problem naming its number: the list is taken whole or not."""
+    if path is None or not path.is_file():
+        return 0
+    data = c.read(key, path)
+    if data is None:
+        return 0
+    count = 0
+    for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        normalised, reason = checked(domain_pattern, text)
+        if normalised is None:
+            c.problem(key, f"line {number}: bad domain pattern: {reason}")
+            continue
+        domains.append(normalised)
+        count += 1
+    if count == 0:
+        c.problem(key, "holds no domain")
+    return count
+
+
 def network(c: Checker, name: Network, table: Mapping[str, Any]) -> NetworkConfig:
     p = f"networks.{name}"
-    c.unknown_keys(table, keys_of(NetworkConfig, exclude=("name",)), p)
+    c.unknown_keys(table, keys_of(NetworkConfig, exclude=("name", "file_domains")), p)
 
     domains = []
-    for key, value in c.string_list(table, "domains", p, required=True):
+    for key, value in c.string_list(table, "domains", p, required="domains_file" not in table):
         normalised, reason = checked(domain_pattern, value)
         if normalised is None:
             c.problem(key, f"bad address pattern: {reason}")
         else:
             domains.append(normalised)
-    if "domains" in table and isinstance(table["domains"], list) and not table["domains"]:
+    domains_file = c.path(table, "domains_file", p)
+    from_file = _domains_file(c, f"{p}.domains_file", domains_file, domains)
+    if not domains and "domains" in table and "domains_file" not in table:
         c.problem(f"{p}.domains", "must list at least one domain pattern")
 
     anchors = paths(c, table, "trust_anchors", p, required=True)
@@ -169,6 +195,7 @@ def network(c: Checker, name: Network, table: Mapping[str, Any]) -> NetworkConfi
         charset=charset, utf8_recipients=tuple(utf8), imap=imap,
         rewrite=sections.rewrite(c, table, p),
         documents=sections.documents(c, table, p),
+        domains_file=domains_file, file_domains=from_file,
         ldap=sections.ldap(c, table, p),
     )
 

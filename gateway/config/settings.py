@@ -197,6 +197,10 @@ class NetworkConfig:
     rewrite: RewriteRule | None = None
     documents: DocumentSettings = field(default_factory=DocumentSettings)
     ldap: LdapConfig | None = None  # the recipients' certificates come from LDAP, not a folder
+    # one domain or pattern a line (the operators' published list of the trust space), added
+    # to ``domains``; read again on every reload
+    domains_file: Path | None = None
+    file_domains: int = 0  # how many came from it (for the log), not a configuration key
 
     def owns(self, raw: str) -> bool:
         """True if ``raw`` is a valid address with a domain of this network's patterns."""

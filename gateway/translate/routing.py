@@ -44,6 +44,7 @@ from gateway import errors
 from gateway.config.addresses import (
     MAX_ADDRESS,
     AddressError,
+    DomainSet,
     address,
     domain,
     domain_matches,
@@ -77,6 +78,7 @@ class NetworkRoutes:
             object.__setattr__(self, "domains", tuple(domain_pattern(d) for d in self.domains))
         except AddressError as exc:
             raise ValueError(f"bad domain pattern: {exc}") from None
+        object.__setattr__(self, "_index", DomainSet(self.domains))
         if self.rewrite_domain is not None:
             try:
                 object.__setattr__(self, "rewrite_domain", domain(self.rewrite_domain))
@@ -85,8 +87,8 @@ class NetworkRoutes:
 
     def owns(self, address: str) -> bool:
         """Is the (normalised) address inside this network's domains?"""
-        domain = address.rpartition("@")[2]
-        return any(domain_matches(p, domain) for p in self.domains)
+        index: DomainSet = self._index  # type: ignore[attr-defined]
+        return index.owns(address)
 
     def is_alias(self, address: str) -> bool:
         """Is the (normalised) address on the gateway's own alias domain of this network?"""

@@ -724,3 +724,25 @@ def test_domain_sets_agree_with_the_one_rule() -> None:
         assert DomainSet(pats).matches(dom) == any(domain_matches(p, dom) for p in pats)
 
     agree()
+
+
+def test_the_fast_path_of_the_address_rule_agrees_with_the_full_rule() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from gateway.config import addresses
+
+    chars = st.sampled_from(list("abcXYZ09.-_+%!@#'=xn-- é\u0131"))
+    texts = st.text(chars, min_size=1, max_size=30)
+    shaped = st.tuples(texts, texts).map(lambda t: f"{t[0]}@{t[1]}")
+
+    @settings(max_examples=400)
+    @given(st.one_of(texts, shaped))
+    def agree(value: str) -> None:
+        fast = addresses._simple(value)
+        if fast is None:
+            return
+        slow = addresses.address("<" + value + ">")  # the bracketed form takes the full path
+        assert fast == slow
+
+    agree()

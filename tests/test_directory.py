@@ -128,12 +128,17 @@ def test_unreadable_folder_is_transient(tmp_path: Path, folder: Path,
     missing.reload()
     assert missing.lookup("jean.dupont@medical59.apicrypt.org") == [people["multi"]]
 
-    # A folder that disappears keeps its last good index; reload says why it failed.
+    # A folder that disappears keeps its last good index; reload says why it failed. A
+    # certificate read before is still served; one never read is "try again later" (451),
+    # never "no certificate" (which would bounce the message).
     directory = FolderDirectory(folder)
+    assert directory.lookup("jean.dupont@medical59.apicrypt.org") == [people["multi"]]
     shutil.rmtree(folder)
     with pytest.raises(DirectoryUnavailable):
         directory.reload()
     assert directory.lookup("jean.dupont@medical59.apicrypt.org") == [people["multi"]]
+    with pytest.raises(DirectoryUnavailable):
+        directory.lookup("labo@labo59.apicrypt.org")
 
 
 def test_email_addresses(people: dict[str, x509.Certificate]) -> None:

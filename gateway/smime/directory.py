@@ -7,7 +7,9 @@ untrusted certificate usable. A backend that cannot be read raises ``DirectoryUn
 (``451 4.4.3``: the sender retries), never an empty answer that would bounce the message.
 
 ``FolderDirectory`` reads every ``*.pem``, ``*.crt`` and ``*.cer`` file of one folder (PEM with
-one or more certificates, or DER) once, at construction and on ``reload()``. Certificates are
+one or more certificates, or DER) once, at construction and on ``reload()``, and keeps where
+each address's certificates are (not the certificates: they are parsed again on first use,
+into a bounded cache, so a 70,000-user folder does not sit in every worker). Certificates are
 indexed under every address they hold: rfc822Name subject alternative names and the
 emailAddress attribute of the subject DN. Addresses are compared case-insensitively on the whole
 address (local part included: neither network has case-sensitive mailboxes), with IDN domains
@@ -29,6 +31,7 @@ from cryptography.hazmat.primitives import hashes
 
 from gateway.config.addresses import lookup_key
 from gateway.errors import DirectoryUnavailable, MalformedError
+from gateway.memo import Memo
 from gateway.smime import trust
 
 SUFFIXES = frozenset({".pem", ".crt", ".cer"})
@@ -86,15 +89,19 @@ class Skipped:
 
 @dataclass(frozen=True)
 class _Index:
-    by_address: dict[str, tuple[x509.Certificate, ...]]
+    # address -> where its certificates are: (file, place of the certificate in the file)
+    by_address: dict[str, tuple[tuple[str, int], ...]]
     skipped: tuple[Skipped, ...]
     certificates: int
 
 
 def _build_index(folder: Path) -> _Index:
-    """Read the folder; OSError on the folder itself propagates (the caller decides)."""
+    """Read the folder once and keep only where each address's certificates are (file and
+    place): the certificates themselves are parsed again on first use and kept in a bounded
+    cache, so that tens of thousands of them do not live in every worker. OSError on the
+    folder itself propagates (the caller decides)."""
     entries = sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
-    by_address: dict[str, dict[bytes, x509.Certificate]] = {}
+    by_address: dict[str, list[tuple[str, int]]] = {}
     skipped: list[Skipped] = []
     count = 0
     for path in entries:
@@ -111,7 +118,8 @@ def _build_index(folder: Path) -> _Index:
         except ValueError:
             skipped.append(Skipped(path.name, "not a PEM or DER certificate"))
             continue
-        for cert in certs:
+        name = str(path)
+        for place, cert in enumerate(certs):
             if is_ca(cert):
                 skipped.append(Skipped(path.name, "CA certificate"))
                 continue
@@ -124,24 +132,27 @@ def _build_index(folder: Path) -> _Index:
                 skipped.append(Skipped(path.name, "no e-mail address in the certificate"))
                 continue
             count += 1
-            fingerprint = cert.fingerprint(hashes.SHA256())
             for address in addresses:
-                by_address.setdefault(address, {})[fingerprint] = cert
+                by_address.setdefault(address, []).append((name, place))
     return _Index(
-        by_address={a: tuple(certs.values()) for a, certs in by_address.items()},
+        by_address={a: tuple(where) for a, where in by_address.items()},
         skipped=tuple(skipped),
         certificates=count,
     )
 
 
-class FolderDirectory:
-    """A folder of certificate files, indexed in memory by e-mail address."""
+_CACHE_SIZE = 4096  # parsed certificates kept per directory (bounded: cleared when full)
 
-    def __init__(self, path: Path) -> None:
+
+class FolderDirectory:
+    """A folder of certificate files, indexed by e-mail address; certificates parsed on use."""
+
+    def __init__(self, path: Path, *, cache_size: int = _CACHE_SIZE) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._index: _Index | None = None
         self._error: str | None = None
+        self._parsed: Memo[tuple[str, int], x509.Certificate] = Memo(cache_size)
         # If the folder cannot be read, lookups raise until a reload succeeds: senders retry.
         with contextlib.suppress(DirectoryUnavailable):
             self.reload()
@@ -155,13 +166,38 @@ class FolderDirectory:
                 self._error = f"certificate folder unreadable: {exc.strerror}"
                 raise DirectoryUnavailable(self._error) from None
             self._index = index  # one assignment: a lookup sees the old or the new index
+            self._parsed = Memo(self._parsed.size)  # files may have changed
             self._error = None
 
     def lookup(self, address: str) -> list[x509.Certificate]:
         index = self._index
         if index is None:
             raise DirectoryUnavailable(self._error or "certificate folder not loaded")
-        return list(index.by_address.get(normalise_address(address), ()))
+        found: dict[bytes, x509.Certificate] = {}
+        places = index.by_address.get(normalise_address(address), ())
+        for where in places:
+            cert = self._certificate(where)
+            if cert is not None:
+                found.setdefault(cert.fingerprint(hashes.SHA256()), cert)
+        if places and not found:
+            # the index knows certificates that cannot be read now (files being replaced, a
+            # folder gone): the sender retries, the recipient is not told "no certificate"
+            raise DirectoryUnavailable("certificate file unreadable")
+        return list(found.values())
+
+    def _certificate(self, where: tuple[str, int]) -> x509.Certificate | None:
+        parsed = self._parsed  # (a reload swaps it)
+        cert = parsed.get(where)
+        if cert is None:
+            try:
+                certs = _parse(Path(where[0]).read_bytes())
+            except (OSError, ValueError):  # changed or gone since the index: until a reload
+                return None
+            if where[1] >= len(certs):
+                return None
+            cert = certs[where[1]]
+            parsed.put(where, cert)
+        return cert
 
     @property
     def skipped(self) -> tuple[Skipped, ...]:

@@ -49,6 +49,7 @@ suffix "{SUFFIX}"
 rootdn "{ROOT_DN}"
 rootpw {ROOT_PW}
 directory {self.root}/db
+index objectClass,mail eq
 access to * by * read
 """)
         self.process: subprocess.Popen[bytes] | None = None

@@ -170,3 +170,28 @@ def test_devpki_directories(tmp_path: Path) -> None:
 def test_normalise_address_never_raises(value: str) -> None:
     normalised = normalise_address(value)
     assert normalise_address(normalised) == normalised
+
+
+def test_a_reload_reads_again_only_the_files_that_changed(
+        tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """70,000 users: a reload must not parse 70,000 certificates again (nor keep two full
+    copies: the unchanged files' records are shared)."""
+    from gateway.smime import directory as module
+
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    first = FolderDirectory(copy)
+    parsed: list[int] = []
+    real = module._parse
+
+    def counting(data: bytes) -> list[x509.Certificate]:
+        parsed.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(module, "_parse", counting)
+    second = FolderDirectory(copy)  # what a reload builds (a new runtime)
+    assert parsed == [] and second.addresses == first.addresses
+    victim = sorted(copy.glob("*.pem"))[0]
+    victim.write_bytes(victim.read_bytes() + b"\n")  # changed: size and time
+    third = FolderDirectory(copy)
+    assert len(parsed) == 1 and third.addresses == first.addresses

@@ -20,6 +20,7 @@ in their A-label form. CA certificates and files that do not parse are left out 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -61,16 +62,18 @@ def email_addresses(cert: x509.Certificate) -> frozenset[str]:
     the rfc822Name SANs, the DN emailAddress only without them), so the directory files a
     certificate under exactly the identities a signature by it would prove."""
     try:
-        return trust.email_addresses(cert)
+        return trust.email_addresses(cert, remember=False)
     except MalformedError:
         raise ValueError("malformed certificate extensions") from None
 
 
 def is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
+    # one pass over the extensions, no exception for the common case (no BasicConstraints):
+    # the index runs this for every certificate of the folder
+    for extension in cert.extensions:
+        if isinstance(extension.value, x509.BasicConstraints):
+            return bool(extension.value.ca)
+    return False
 
 
 def _parse(data: bytes) -> list[x509.Certificate]:
@@ -93,52 +96,98 @@ class _Index:
     by_address: dict[str, tuple[tuple[str, int], ...]]
     skipped: tuple[Skipped, ...]
     certificates: int
+    # what each file held when it was read, by its size and modification time: a reload
+    # reads again only the files that changed
+    files: dict[str, _FileRecord]
+
+
+@dataclass(frozen=True)
+class _FileRecord:
+    stamp: tuple[int, int]  # (size, mtime_ns)
+    certificates: tuple[tuple[int, frozenset[str]], ...]  # (place in the file, addresses)
+    skipped: tuple[Skipped, ...]
+
+
+# The last index of each folder (a reload builds a new runtime, hence a new directory): files
+# unchanged since are not parsed again, and both indexes share their records.
+_LAST: dict[str, _Index] = {}
 
 
 def _build_index(folder: Path) -> _Index:
-    """Read the folder once and keep only where each address's certificates are (file and
-    place): the certificates themselves are parsed again on first use and kept in a bounded
-    cache, so that tens of thousands of them do not live in every worker. OSError on the
-    folder itself propagates (the caller decides)."""
-    entries = sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
+    """Read the folder and keep only where each address's certificates are (file and place):
+    the certificates themselves are parsed again on first use and kept in a bounded cache, so
+    that tens of thousands of them do not live in every worker. OSError on the folder itself
+    propagates (the caller decides)."""
+    with os.scandir(folder) as listing:  # (scandir: the file type without a stat call)
+        entries = sorted((e for e in listing
+                          if os.path.splitext(e.name)[1].lower() in SUFFIXES),
+                         key=lambda e: e.name)
+    previous = _LAST.get(str(folder))
+    known = previous.files if previous is not None else {}
     by_address: dict[str, list[tuple[str, int]]] = {}
     skipped: list[Skipped] = []
+    files: dict[str, _FileRecord] = {}
     count = 0
-    for path in entries:
+    for entry in entries:
         try:
-            if not path.is_file():
-                continue
-            if path.stat().st_size > MAX_FILE_BYTES:
-                skipped.append(Skipped(path.name, "file too large"))
-                continue
-            certs = _parse(path.read_bytes())
+            info = entry.stat()
         except OSError as exc:
-            skipped.append(Skipped(path.name, f"cannot read: {exc.strerror}"))
+            skipped.append(Skipped(entry.name, f"cannot read: {exc.strerror}"))
             continue
-        except ValueError:
-            skipped.append(Skipped(path.name, "not a PEM or DER certificate"))
-            continue
-        name = str(path)
-        for place, cert in enumerate(certs):
-            if is_ca(cert):
-                skipped.append(Skipped(path.name, "CA certificate"))
-                continue
-            try:
-                addresses = email_addresses(cert)
-            except ValueError:  # a malformed extension shows up only when read
-                skipped.append(Skipped(path.name, "malformed certificate extensions"))
-                continue
-            if not addresses:
-                skipped.append(Skipped(path.name, "no e-mail address in the certificate"))
-                continue
+        stamp = (info.st_size, info.st_mtime_ns)
+        record = known.get(entry.path)
+        if record is None or record.stamp != stamp:
+            record = _index_file(entry, stamp)
+        files[entry.path] = record
+        skipped.extend(record.skipped)
+        for place, addresses in record.certificates:
             count += 1
             for address in addresses:
-                by_address.setdefault(address, []).append((name, place))
-    return _Index(
+                by_address.setdefault(address, []).append((entry.path, place))
+    index = _Index(
         by_address={a: tuple(where) for a, where in by_address.items()},
         skipped=tuple(skipped),
         certificates=count,
+        files=files,
     )
+    _LAST[str(folder)] = index
+    return index
+
+
+def _index_file(entry: os.DirEntry[str], stamp: tuple[int, int]) -> _FileRecord:
+    """What one file holds: its certificates' places and addresses, and what was left out."""
+    name = entry.name
+    if not entry.is_file():
+        return _FileRecord(stamp, (), ())
+    if stamp[0] > MAX_FILE_BYTES:
+        return _FileRecord(stamp, (), (Skipped(name, "file too large"),))
+    try:
+        with open(entry.path, "rb") as file:
+            content = file.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        return _FileRecord(stamp, (), (Skipped(name, f"cannot read: {exc.strerror}"),))
+    if len(content) > MAX_FILE_BYTES:
+        return _FileRecord(stamp, (), (Skipped(name, "file too large"),))
+    try:
+        certs = _parse(content)
+    except ValueError:
+        return _FileRecord(stamp, (), (Skipped(name, "not a PEM or DER certificate"),))
+    found: list[tuple[int, frozenset[str]]] = []
+    skipped: list[Skipped] = []
+    for place, cert in enumerate(certs):
+        if is_ca(cert):
+            skipped.append(Skipped(name, "CA certificate"))
+            continue
+        try:
+            addresses = email_addresses(cert)
+        except ValueError:  # a malformed extension shows up only when read
+            skipped.append(Skipped(name, "malformed certificate extensions"))
+            continue
+        if not addresses:
+            skipped.append(Skipped(name, "no e-mail address in the certificate"))
+            continue
+        found.append((place, addresses))
+    return _FileRecord(stamp, tuple(found), tuple(skipped))
 
 
 _CACHE_SIZE = 4096  # parsed certificates kept per directory (bounded: cleared when full)

@@ -90,12 +90,14 @@ _Ext = TypeVar("_Ext", bound=x509.ExtensionType)
 # --- looking at certificates -----------------------------------------------------------------
 
 
-def email_addresses(cert: x509.Certificate) -> frozenset[str]:
-    """The rfc822Name SANs and the subject DN emailAddress values, lower-cased."""
-    known = _addresses.get(cert)
+def email_addresses(cert: x509.Certificate, *, remember: bool = True) -> frozenset[str]:
+    """The rfc822Name SANs and the subject DN emailAddress values, lower-cased.
+    ``remember=False``: a certificate seen once (a directory being indexed) is not cached."""
+    known = _addresses.get(cert) if remember else None
     if known is None:
         known = _email_addresses(cert)
-        _addresses.put(cert, known)
+        if remember:
+            _addresses.put(cert, known)
     return known
 
 
@@ -114,7 +116,7 @@ def _email_addresses(cert: x509.Certificate) -> frozenset[str]:
         except x509.ExtensionNotFound:
             pass
         else:
-            found.update(san.get_values_for_type(x509.RFC822Name))
+            found.update(name.value for name in san if isinstance(name, x509.RFC822Name))
         if not found:
             for attribute in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
                 if isinstance(attribute.value, str):

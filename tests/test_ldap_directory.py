@@ -174,3 +174,76 @@ async def test_an_address_cannot_widen_the_search(world: World) -> None:
         assert directory.queries == 2
     finally:
         directory.close()
+
+
+async def test_an_entry_holding_someone_elses_certificate_gives_none(world: World) -> None:
+    """The secretariat's entry carries Marie's certificate (a copy error, or an attack on the
+    directory): the gateway must not encrypt the secretariat's mail for Marie."""
+    secretariat = "secretariat.cardio@chu-test.mssante.fr"
+    world.ldap.add(slapd.person("secretariat", secretariat, [_der(world.pki, MARIE)]))
+    directory = LdapDirectory(LdapConfig(
+        url=world.ldap.url, base_dn=slapd.SUFFIX, ca_file=world.pki.ca_file("mssante")))
+    try:
+        await directory.prefetch([secretariat, MARIE])
+        assert directory.lookup(secretariat) == []
+        assert len(directory.lookup(MARIE)) == 1
+    finally:
+        directory.close()
+
+
+def test_seventy_thousand_entries_loaded_with_slapadd(tmp_path: Path) -> None:
+    """The national scale: 70,000 users with certificates, loaded as an operator loads a big
+    directory (slapadd, offline), then asked for a sample of them: each found, each with one
+    query."""
+    import base64
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from gateway.smime.certgen import make_ca
+
+    users = 70_000
+    root = tmp_path / "pki"
+    init_pki(root)
+    server = slapd.Slapd(port_map("ldap")["ldap"], root / "mssante" / "next-hop-tls.pem",
+                         root / "mssante" / "next-hop-tls.key", Pki(root).ca_file("mssante"))
+    ca = make_ca("Scale CA", key_kind="p256")
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    now = dt.datetime.now(dt.UTC)
+    ldif = tmp_path / "users.ldif"
+    with ldif.open("w") as out:
+        out.write(slapd.base_entries() + "\n")
+        for i in range(users):
+            mail = f"u{i:05d}@etab{i % 700}.mssante.fr"
+            der = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"U{i}")]))
+                   .issuer_name(ca.certificate.subject).public_key(key).serial_number(i + 1)
+                   .not_valid_before(now).not_valid_after(now + dt.timedelta(days=30))
+                   .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(mail)]),
+                                  critical=False)
+                   .sign(ca.key, hashes.SHA256())
+                   .public_bytes(serialization.Encoding.DER))
+            out.write(f"dn: uid=u{i},ou=people,{slapd.SUFFIX}\nobjectClass: inetOrgPerson\n"
+                      f"uid: u{i}\ncn: u{i}\nsn: u{i}\nmail: {mail}\n"
+                      f"userCertificate;binary:: {base64.b64encode(der).decode()}\n\n")
+    try:
+        import subprocess
+        loaded = subprocess.run(["slapadd", "-q", "-f", str(server.conf), "-l", str(ldif)],
+                                capture_output=True, text=True, timeout=300, check=False)
+        assert loaded.returncode == 0, loaded.stderr[-2000:]
+        server.start()
+        directory = LdapDirectory(LdapConfig(
+            url=server.url, base_dn=slapd.SUFFIX, ca_file=Pki(root).ca_file("mssante")))
+        sample = [f"u{i:05d}@etab{i % 700}.mssante.fr" for i in range(0, users, 1_400)]
+        try:
+            asyncio.run(directory.prefetch([*sample, "absent@etab1.mssante.fr"]))
+            assert all(len(directory.lookup(a)) == 1 for a in sample)
+            assert directory.lookup("absent@etab1.mssante.fr") == []
+            assert directory.queries == len(sample) + 1
+        finally:
+            directory.close()
+    finally:
+        server.remove()

@@ -8,8 +8,8 @@ Rules kept here:
 - Found certificates are kept ``cache_seconds`` (bounded by ``cache_size``), "no such user"
   ``negative_cache_seconds``. A directory that cannot be reached or answers an error raises
   ``DirectoryUnavailable`` (``451 4.4.3``: the sender retries): never a relay without a
-  certificate check, never a bounce because a server was down. Certificates are only found
-  here; the trust store judges them as it judges a folder's.
+  certificate check, never a bounce because a server was down. A certificate is kept only if
+  it names the address it was found under; the trust store judges it as a folder's.
 - The connection is TLS (``ldaps://``, or StartTLS on ``ldap://``; clear text only for a
   loopback directory, which ``check-config`` enforces), verified against ``ca_file``.
 
@@ -35,8 +35,9 @@ from cryptography import x509
 
 from gateway.config.addresses import lookup_key
 from gateway.config.settings import LdapConfig
-from gateway.errors import DirectoryUnavailable
+from gateway.errors import DirectoryUnavailable, MalformedError
 from gateway.memo import Memo
+from gateway.smime.trust import email_addresses
 
 log = structlog.get_logger("gateway.ldap")
 
@@ -171,7 +172,8 @@ class LdapDirectory:
                 certs = [cert for entry in connection.response or []
                          if entry.get("type") == "searchResEntry"
                          for name in cfg.certificate_attributes
-                         for cert in _certificates(_values(entry, name))]
+                         for cert in _certificates(_values(entry, name))
+                         if _names(cert, address)]
             except Exception as exc:  # (ldap3 raises more than LDAPException)
                 with contextlib.suppress(Exception):
                     connection.unbind()
@@ -182,6 +184,16 @@ class LdapDirectory:
             self._connections.put(connection)
             return certs
         raise DirectoryUnavailable("directory query failed")  # (not reached)
+
+
+def _names(cert: x509.Certificate, address: str) -> bool:
+    """The certificate is the address's own (its SAN, or its DN without one): an entry whose
+    ``mail`` and certificate disagree (a copy error, or worse) never makes the gateway
+    encrypt for someone else -- as a folder, indexed by the certificates' own addresses."""
+    try:
+        return address in email_addresses(cert, remember=False)
+    except MalformedError:
+        return False
 
 
 def _values(entry: dict[str, Any], name: str) -> list[Any]:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.app import Gateway
 from gateway.config import load_config
@@ -29,6 +28,7 @@ from gateway.devpki import init_pki
 from gateway.translate.context import build_runtime
 from tests.messages import Pki, open_as_recipient, text_entity, user_message
 from tests.ports import port_map
+from tests.sinks import Sink, start_tls_sink
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
@@ -37,15 +37,6 @@ MARIE = "marie.curie@hopital-test.mssante.fr"
 MARIE_ON_APICRYPT = "marie.curie.mssante@passerelle.apicrypt.org"
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy missing")
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        self.received.append(bytes(envelope.original_content or b""))
-        return "250 2.0.0 queued"
 
 
 def with_addresses(text: str, frontends: dict[str, int], backends: dict[str, int]) -> str:
@@ -89,14 +80,8 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     config = load_config(config_file)
     assert all(config.network(n).proxy_protocol for n in ("apicrypt", "mssante"))
     sinks = {"apicrypt": Sink(), "mssante": Sink()}
-    loop = asyncio.get_running_loop()
-    servers = []
-    for net, key in (("apicrypt", "a_out"), ("mssante", "m_out")):
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(root / net / "next-hop-tls.pem", root / net / "next-hop-tls.key")
-        servers.append(await loop.create_server(
-            lambda s=sinks[net], c=ctx: SMTP(s, tls_context=c, require_starttls=True),
-            "127.0.0.1", ports[key]))
+    servers = [await start_tls_sink(sinks[net], root, net, ports[key])
+               for net, key in (("apicrypt", "a_out"), ("mssante", "m_out"))]
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(with_addresses(SHIPPED.read_text(),
                                   {"apicrypt": ports["front_a"], "mssante": ports["front_m"]},
@@ -154,7 +139,7 @@ async def test_haproxy_sees_every_gateway_up_and_relays_through_it(world: World)
 
     code, _ = await asyncio.to_thread(send)
     assert code == 250
-    [relayed] = world.sinks["mssante"].received
+    [relayed] = world.sinks["mssante"].contents
     assert b"INR 2,6" in open_as_recipient(world.pki, MARIE, relayed).content
     # the PROXY header named the client (HAProxy's view of this test's socket)
     assert any(e.get("event") == "proxy.client" and e.get("peer") == "127.0.0.1"

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP
 
 from gateway.app import Gateway
 from gateway.config import load_config
@@ -28,19 +28,11 @@ from gateway.translate.context import build_runtime
 from tests.messages import Pki, open_as_recipient, text_entity, user_message
 from tests.ports import port_map
 from tests.postfix import Postfix
+from tests.sinks import Sink
 
 JEAN = "jean.dupont@medical59.apicrypt.org"
 MARIE = "marie.curie@hopital-test.mssante.fr"
 MARIE_ON_APICRYPT = "marie.curie.mssante@passerelle.apicrypt.org"
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        self.received.append(bytes(envelope.original_content or b""))
-        return "250 2.0.0 queued"
 
 
 @pytest.fixture
@@ -100,7 +92,7 @@ async def test_postfix_in_front_keeps_a_deferred_message_and_delivers_it_once(
         await wait_until(lambda: "status=sent" in front.maillog())
         await wait_until(lambda: "Mail queue is empty" in front.queue())
         assert len(sink.received) == 1  # nothing lost, nothing twice
-        opened = open_as_recipient(pki, MARIE, sink.received[0])
+        opened = open_as_recipient(pki, MARIE, sink.contents[0])
         assert b"INR 2,2" in opened.content
     finally:
         if server is not None:

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.app import Gateway
 from gateway.config import load_config
@@ -36,6 +35,7 @@ from gateway.translate.context import build_runtime
 from tests.messages import Pki, open_as_recipient, text_entity, text_of, user_message
 from tests.ports import port_map
 from tests.postfix import Postfix
+from tests.sinks import Sink, start_tls_sink
 
 ROOT = Path(__file__).resolve().parents[1]
 SNIPPETS = ROOT / "deploy" / "postfix"
@@ -46,15 +46,6 @@ JEAN_ON_MSSANTE = "jean.dupont.apicrypt@passerelle.mssante.fr"
 
 pytestmark = pytest.mark.skipif(not Path("/usr/sbin/postfix").exists(),
                                 reason="postfix missing")
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.received: list[tuple[list[str], bytes]] = []
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        self.received.append((list(envelope.rcpt_tos), bytes(envelope.original_content or b"")))
-        return "250 2.0.0 queued as SINK1"
 
 
 @dataclass
@@ -142,13 +133,8 @@ async def _front(tmp_path: Path, mode: str) -> AsyncIterator[Front]:
     gateway = Gateway(config, build_runtime(config))
     await gateway.start()
     sinks = {"apicrypt": Sink(), "mssante": Sink()}
-    servers = []
-    for net, key in (("apicrypt", "sink_a"), ("mssante", "sink_m")):
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(root / net / "next-hop-tls.pem", root / net / "next-hop-tls.key")
-        servers.append(await asyncio.get_running_loop().create_server(
-            lambda s=sinks[net], c=ctx: SMTP(s, tls_context=c, require_starttls=True),
-            "127.0.0.1", ports[key]))
+    servers = [await start_tls_sink(sinks[net], root, net, ports[key])
+               for net, key in (("apicrypt", "sink_a"), ("mssante", "sink_m"))]
     postfix = Postfix(ports["front"], {})
     try:
         merged(postfix, root, ports, mode)

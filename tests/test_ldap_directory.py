@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiosmtpd.smtp import SMTP, Envelope, Session
 from cryptography.hazmat.primitives import serialization
 
 from gateway.app import Gateway
@@ -31,21 +30,13 @@ from gateway.translate.context import build_runtime
 from tests import slapd
 from tests.messages import Pki, open_as_recipient, text_entity, user_message
 from tests.ports import port_map
+from tests.sinks import Sink, start_tls_sink
 
 JEAN = "jean.dupont@medical59.apicrypt.org"
 MARIE = "marie.curie@hopital-test.mssante.fr"
 MARIE_ON_APICRYPT = "marie.curie.mssante@passerelle.apicrypt.org"
 
 pytestmark = pytest.mark.skipif(not slapd.available(), reason="slapd missing")
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        self.received.append(bytes(envelope.original_content or b""))
-        return "250 2.0.0 queued"
 
 
 @dataclasses.dataclass
@@ -86,12 +77,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     gateway = Gateway(config, build_runtime(config))
     await gateway.start()
     sink = Sink()
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(root / "mssante" / "next-hop-tls.pem",
-                        root / "mssante" / "next-hop-tls.key")
-    hop = await asyncio.get_running_loop().create_server(
-        lambda: SMTP(sink, tls_context=ctx, require_starttls=True), "127.0.0.1",
-        ports["m_out"])
+    hop = await start_tls_sink(sink, root, "mssante", ports["m_out"])
     try:
         yield World(pki, ports, server, sink, gateway)
     finally:
@@ -119,7 +105,7 @@ def _send(world: World, text: str) -> tuple[int, bytes]:
 async def test_a_recipient_certificate_found_in_ldap(world: World) -> None:
     code, _ = await asyncio.to_thread(_send, world, "INR 2,1\n")
     assert code == 250
-    [relayed] = world.sink.received
+    [relayed] = world.sink.contents
     assert b"INR 2,1" in open_as_recipient(world.pki, MARIE, relayed).content
 
 
@@ -155,9 +141,9 @@ async def test_a_certificate_replaced_in_ldap_is_used_after_the_cache_time(
     world.pki.user_key(MARIE).write_bytes(renewed.key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
-    assert b"apres" in open_as_recipient(world.pki, MARIE, world.sink.received[1]).content
+    assert b"apres" in open_as_recipient(world.pki, MARIE, world.sink.contents[1]).content
     with pytest.raises(RuntimeError):
-        open_as_recipient(world.pki, MARIE, world.sink.received[0])
+        open_as_recipient(world.pki, MARIE, world.sink.contents[0])
 
 
 async def test_an_address_cannot_widen_the_search(world: World) -> None:

@@ -195,3 +195,27 @@ def test_a_reload_reads_again_only_the_files_that_changed(
     victim.write_bytes(victim.read_bytes() + b"\n")  # changed: size and time
     third = FolderDirectory(copy)
     assert len(parsed) == 1 and third.addresses == first.addresses
+
+
+def test_a_first_index_parsed_by_processes_is_the_same(
+        tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """70,000 certificates are parsed by forked processes at start: the index they give is the
+    one a single process gives (addresses, places, what was left out and why)."""
+    from gateway.smime import directory as module
+
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    alone = module._build_index(copy, parallel_files=10**9)
+    module._LAST.clear()
+    forked: list[int] = []
+    real = module._parse_in_processes
+
+    def watching(wanted: list[module._Wanted]) -> dict[str, module._FileRecord]:
+        forked.append(len(wanted))
+        return real(wanted)
+
+    monkeypatch.setattr(module, "_parse_in_processes", watching)
+    together = module._build_index(copy, parallel_files=1)
+    assert forked == [len([p for p in copy.iterdir() if p.suffix.lower() in module.SUFFIXES])]
+    assert together.by_address == alone.by_address
+    assert together.skipped == alone.skipped and together.certificates == alone.certificates

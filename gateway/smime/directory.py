@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import multiprocessing
 import os
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -104,7 +106,14 @@ class _FileRecord(NamedTuple):  # (a tuple: 70,000 of them stay small)
 _LAST: dict[str, _Index] = {}
 
 
-def _build_index(folder: Path) -> _Index:
+# A first index of at least this many files to parse is parsed by a few forked processes
+# (parsing holds the GIL): 70,000 certificates take seconds on one core. Never at a reload,
+# which parses only what changed, and runs beside other threads.
+PARALLEL_FILES = 8000
+_MAX_PARSERS = 4
+
+
+def _build_index(folder: Path, *, parallel_files: int | None = None) -> _Index:
     """Read the folder and keep only where each address's certificates are (file and place):
     the certificates themselves are parsed again on first use and kept in a bounded cache, so
     that tens of thousands of them do not live in every worker. OSError on the folder itself
@@ -115,17 +124,39 @@ def _build_index(folder: Path) -> _Index:
                          key=lambda e: e.name)
     previous = _LAST.get(str(folder))
     known = previous.files if previous is not None else {}
-    by_address: dict[str, list[tuple[str, int]]] = {}
     skipped: list[Skipped] = []
-    files: dict[str, _FileRecord] = {}
-    count = 0
+    stamps: list[tuple[os.DirEntry[str], tuple[int, int]]] = []
+    for entry in entries:
+        try:
+            info = entry.stat()
+        except OSError as exc:
+            skipped.append(Skipped(entry.name, f"cannot read: {exc.strerror}"))
+            continue
+        stamps.append((entry, (info.st_size, info.st_mtime_ns)))
+    wanted = [(e.path, e.name, stamp, e.is_file()) for e, stamp in stamps
+              if (known.get(e.path) is None or known[e.path].stamp != stamp)]
+    threshold = PARALLEL_FILES if parallel_files is None else parallel_files
     # tens of thousands of small tuples and no cycle among them: the cyclic collector would
-    # walk the growing heap again and again for nothing (a tenth of the time at 70,000)
+    # walk the growing heap again and again for nothing
     collecting = gc.isenabled()
     gc.disable()
     try:
-        for entry in entries:
-            count += _file_into(entry, known, files, by_address, skipped)
+        if previous is None and len(wanted) >= threshold and (os.cpu_count() or 1) > 1:
+            parsed = _parse_in_processes(wanted)
+        else:
+            parsed = {path: _index_file(path, name, stamp, regular)
+                      for path, name, stamp, regular in wanted}
+        by_address: dict[str, list[tuple[str, int]]] = {}
+        files: dict[str, _FileRecord] = {}
+        count = 0
+        for entry, _ in stamps:
+            record = parsed.get(entry.path) or known[entry.path]
+            files[entry.path] = record
+            skipped.extend(record.skipped)
+            count += len(record.certificates)
+            for place, addresses in record.certificates:
+                for address in addresses:
+                    by_address.setdefault(address, []).append((entry.path, place))
     finally:
         if collecting:
             gc.enable()
@@ -139,37 +170,33 @@ def _build_index(folder: Path) -> _Index:
     return index
 
 
-def _file_into(entry: os.DirEntry[str], known: dict[str, _FileRecord],
-               files: dict[str, _FileRecord], by_address: dict[str, list[tuple[str, int]]],
-               skipped: list[Skipped]) -> int:
-    """One file into the index being built (its record reused when unchanged); how many
-    certificates it holds."""
-    try:
-        info = entry.stat()
-    except OSError as exc:
-        skipped.append(Skipped(entry.name, f"cannot read: {exc.strerror}"))
-        return 0
-    stamp = (info.st_size, info.st_mtime_ns)
-    record = known.get(entry.path)
-    if record is None or record.stamp != stamp:
-        record = _index_file(entry, stamp)
-    files[entry.path] = record
-    skipped.extend(record.skipped)
-    for place, addresses in record.certificates:
-        for address in addresses:
-            by_address.setdefault(address, []).append((entry.path, place))
-    return len(record.certificates)
+_Wanted = tuple[str, str, tuple[int, int], bool]  # path, name, stamp, is a regular file
 
 
-def _index_file(entry: os.DirEntry[str], stamp: tuple[int, int]) -> _FileRecord:
+def _parse_chunk(chunk: list[_Wanted]) -> list[tuple[str, _FileRecord]]:
+    return [(path, _index_file(path, name, stamp, regular))
+            for path, name, stamp, regular in chunk]
+
+
+def _parse_in_processes(wanted: list[_Wanted]) -> dict[str, _FileRecord]:
+    """The same records, parsed by forked processes (one per core, at most four)."""
+    workers = min(os.cpu_count() or 1, _MAX_PARSERS)
+    size = -(-len(wanted) // (workers * 4))  # a few chunks a process: even loads
+    chunks = [wanted[i:i + size] for i in range(0, len(wanted), size)]
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        return {path: record for part in pool.map(_parse_chunk, chunks)
+                for path, record in part}
+
+
+def _index_file(path: str, name: str, stamp: tuple[int, int], regular: bool) -> _FileRecord:
     """What one file holds: its certificates' places and addresses, and what was left out."""
-    name = entry.name
-    if not entry.is_file():
+    if not regular:
         return _FileRecord(stamp, (), ())
     if stamp[0] > MAX_FILE_BYTES:
         return _FileRecord(stamp, (), (Skipped(name, "file too large"),))
     try:
-        with open(entry.path, "rb") as file:
+        with open(path, "rb") as file:
             content = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         return _FileRecord(stamp, (), (Skipped(name, f"cannot read: {exc.strerror}"),))

@@ -26,6 +26,7 @@ import os
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -141,9 +142,11 @@ def _build_index(folder: Path, *, parallel_files: int | None = None) -> _Index:
     collecting = gc.isenabled()
     gc.disable()
     try:
+        parsed: dict[str, _FileRecord] | None = None
         if previous is None and len(wanted) >= threshold and (os.cpu_count() or 1) > 1:
-            parsed = _parse_in_processes(wanted)
-        else:
+            with contextlib.suppress(OSError, BrokenProcessPool):  # no fork here: one process
+                parsed = _parse_in_processes(wanted)
+        if parsed is None:
             parsed = {path: _index_file(path, name, stamp, regular)
                       for path, name, stamp, regular in wanted}
         by_address: dict[str, list[tuple[str, int]]] = {}

@@ -38,7 +38,6 @@ from gateway.obs import (
     stop_with_parent,
 )
 from gateway.relay import MessagePath
-from gateway.translate import routing
 from gateway.translate.context import NETWORKS, Runtime, build_runtime
 from gateway.translate.pipeline import NetworkRuntime
 from gateway.transport import tls
@@ -227,7 +226,7 @@ class Gateway:
                 server = await start_listener(
                     self._listener(net),
                     check_sender=functools.partial(self._check_sender, name),
-                    route_recipient=functools.partial(self._route_recipient, name),
+                    route_recipient=functools.partial(self._route_recipient_async, name),
                     process=self.process,
                     reuse_port=reuse_port,
                 )
@@ -275,7 +274,12 @@ class Gateway:
         with contextlib.suppress(errors.DirectoryUnavailable):
             if self.runtime.network(network).directory.lookup(address):
                 raise errors.RecipientRefused("recipient is a user of the source network")
-        return routing.route_recipient(self.runtime.routing, network, address)
+        return self.runtime.route_recipient(network, address)
+
+    async def _route_recipient_async(self, network: str, address: str) -> str:
+        # an alias only the destination's LDAP directory knows: asked here, off the loop
+        await self.runtime.prefetch_recipient(network, address)
+        return self._route_recipient(network, address)
 
     # --- reload and certificate lifecycle ---------------------------------------------------
 

@@ -25,7 +25,6 @@ import structlog
 from gateway import errors
 from gateway.config import Config, other
 from gateway.metrics import Metrics
-from gateway.translate import routing
 from gateway.translate.context import Runtime
 from gateway.translate.normalise import normalise
 from gateway.translate.pipeline import Translation, translate
@@ -136,8 +135,7 @@ class MessagePath:
                 mail_from=runtime.reverse_sender(source, message.mail_from),
                 recipients=list(message.routed_rcpts),
                 map_sender=functools.partial(runtime.reverse_sender, source),
-                map_recipient=functools.partial(routing.route_recipient, runtime.routing,
-                                                source),
+                map_recipient=functools.partial(runtime.route_recipient, source),
                 at=at, hostname=self.config.gateway.hostname,
                 trace_id=message.trace_id,
                 normalise=functools.partial(normalise, at=at),

@@ -28,7 +28,7 @@ from gateway.smime.certgen import Issued, make_leaf
 from gateway.smime.ldap_directory import LdapDirectory, _escape
 from gateway.translate.context import build_runtime
 from tests import slapd
-from tests.messages import Pki, open_as_recipient, text_entity, user_message
+from tests.messages import Pki, open_as_recipient, text_entity, text_of, user_message
 from tests.ports import port_map
 from tests.sinks import Sink, start_tls_sink
 
@@ -232,4 +232,58 @@ def test_seventy_thousand_entries_loaded_with_slapadd(tmp_path: Path) -> None:
         finally:
             directory.close()
     finally:
+        server.remove()
+
+
+async def test_an_alias_found_in_the_destinations_directory_routes(tmp_path: Path) -> None:
+    """No [[address_book]] entry: Jean's entry in the apicrypt directory carries his alias on
+    mssante among its `mail` values (alias_filter), and Marie's mail to that alias reaches
+    Jean; an alias the directory does not know is refused at RCPT."""
+    ports = port_map("a_in", "a_out", "m_in", "m_out", "ldap")
+    root = tmp_path / "pki"
+    init_pki(root, apicrypt_port=ports["a_in"], apicrypt_relay_port=ports["a_out"],
+             mssante_port=ports["m_in"], mssante_relay_port=ports["m_out"])
+    pki = Pki(root)
+    alias = "jean.dupont.annuaire@passerelle.mssante.fr"
+    server = slapd.Slapd(ports["ldap"], root / "apicrypt" / "next-hop-tls.pem",
+                         root / "apicrypt" / "next-hop-tls.key", pki.ca_file("apicrypt"))
+    server.start()
+    server.add(slapd.base_entries())
+    server.add(slapd.person("jean.dupont", JEAN, [_der(pki, JEAN)]) + f"mail: {alias}\n")
+    text = (root / "gateway.toml").read_text()
+    text += (f'\n[networks.apicrypt.ldap]\nurl = "{server.url}"\nbase_dn = "{slapd.SUFFIX}"\n'
+             f'ca_file = "{pki.ca_file("apicrypt")}"\nalias_filter = "(mail={{address}})"\n')
+    (root / "gateway.toml").write_text(text)
+    config = load_config(root / "gateway.toml")
+    gateway = Gateway(config, build_runtime(config))
+    await gateway.start()
+    sink = Sink()
+    hop = await start_tls_sink(sink, root, "apicrypt", ports["a_out"])
+
+    def send(rcpt: str) -> tuple[int, bytes]:
+        raw = user_message(pki, MARIE, rcpt, text_entity("Bien reçu\n"))
+        ctx = ssl.create_default_context(cafile=str(pki.ca_file("mssante")))
+        ctx.check_hostname = False
+        with smtplib.SMTP("127.0.0.1", ports["m_in"], timeout=30) as client:
+            client.starttls(context=ctx)
+            client.ehlo("client.test")
+            client.mail(MARIE)
+            code, said = client.rcpt(rcpt)
+            if code != 250:
+                return code, said
+            return client.data(raw)
+
+    try:
+        code, said = await asyncio.to_thread(send, alias)
+        assert code == 250, said
+        [(rcpts, relayed)] = sink.received
+        assert rcpts == [JEAN]
+        assert "Bien reçu" in text_of(open_as_recipient(pki, JEAN, relayed).content)
+        code, _ = await asyncio.to_thread(send, "inconnu.annuaire@passerelle.mssante.fr")
+        assert code == 550
+    finally:
+        await gateway.stop_accepting()
+        await gateway.close_delivery()
+        gateway.close()
+        hop.close()
         server.remove()

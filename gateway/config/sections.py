@@ -210,10 +210,16 @@ def ldap(c: Checker, net: Mapping[str, Any], prefix: str) -> LdapConfig | None:
         c.problem(f"{p}.certificate_filter", "must be an LDAP filter holding {address}")
     attributes = tuple(v for _, v in c.string_list(table, "certificate_attributes", p)) or _L(
         "certificate_attributes")
+    alias_filter = c.string(table, "alias_filter", p) or None
+    if alias_filter is not None and ("{address}" not in alias_filter or not (
+            alias_filter.startswith("(") and alias_filter.endswith(")"))):
+        c.problem(f"{p}.alias_filter", "must be an LDAP filter holding {address}")
     return LdapConfig(
         url=url, base_dn=base_dn, ca_file=c.path(table, "ca_file", p),
         starttls=starttls, bind_dn=bind_dn, password_file=password_file,
         certificate_filter=template, certificate_attributes=attributes,
+        alias_filter=alias_filter,
+        address_attribute=c.string(table, "address_attribute", p, _L("address_attribute")),
         timeout_seconds=c.seconds(table, "timeout_seconds", p, _L("timeout_seconds")),
         cache_seconds=c.seconds(table, "cache_seconds", p, _L("cache_seconds")),
         negative_cache_seconds=c.seconds(table, "negative_cache_seconds", p,

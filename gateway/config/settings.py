@@ -136,6 +136,11 @@ class LdapConfig:
     # {address} is replaced by the address, escaped (RFC 4515)
     certificate_filter: str = "(mail={address})"
     certificate_attributes: tuple[str, ...] = ("userCertificate;binary",)
+    # "address of alias": the entry of a user reached under ``{address}`` (their alias on the
+    # other network); their own address is the value of ``address_attribute`` on this network.
+    # None: aliases come from [[address_book]] and the rewrite rule only.
+    alias_filter: str | None = None
+    address_attribute: str = "mail"
     timeout_seconds: float = 5.0  # per query; past it the message is answered 451
     cache_seconds: float = 3600.0  # how long a found certificate is used without asking again
     negative_cache_seconds: float = 60.0  # how long "no such user" is remembered

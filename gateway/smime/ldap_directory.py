@@ -73,6 +73,7 @@ class LdapDirectory:
         self.clock = clock
         self._cache: Memo[str, tuple[float, tuple[x509.Certificate, ...]]] = Memo(
             config.cache_size)
+        self._aliases: Memo[str, tuple[float, str | None]] = Memo(config.cache_size)
         self._pool = ThreadPoolExecutor(max_workers=_POOL_THREADS,
                                         thread_name_prefix="passerelle-ldap")
         self._connections: queue.LifoQueue[Any] = queue.LifoQueue()
@@ -120,6 +121,55 @@ class LdapDirectory:
             ttl = self.config.cache_seconds if certs else self.config.negative_cache_seconds
             self._cache.put(address, (now + ttl, tuple(certs)))
 
+    # --- "address of alias" ------------------------------------------------------------------
+
+    def resolve_alias(self, alias: str) -> str | None:
+        """The user's own address for ``alias`` (what ``prefetch_aliases`` found), None when
+        the directory knows no such alias or has no ``alias_filter``."""
+        if self.config.alias_filter is None:
+            return None
+        entry = self._aliases.get(lookup_key(alias))
+        if entry is None or entry[0] < self.clock():
+            raise DirectoryUnavailable("alias not looked up in the directory")
+        return entry[1]
+
+    async def prefetch_aliases(self, aliases: Iterable[str]) -> None:
+        if self.config.alias_filter is None:
+            return
+        now = self.clock()
+        wanted = [a for a in dict.fromkeys(lookup_key(a) for a in aliases)
+                  if (entry := self._aliases.get(a)) is None or entry[0] < now]
+        if not wanted:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.config.timeout_seconds):
+                found = await asyncio.gather(*(
+                    loop.run_in_executor(self._pool, self._query_alias, alias)
+                    for alias in wanted))
+        except TimeoutError:
+            log.warning("ldap.unavailable", error="timeout",
+                        timeout_s=self.config.timeout_seconds)
+            raise DirectoryUnavailable("directory did not answer in time") from None
+        now = self.clock()
+        for alias, address in zip(wanted, found, strict=True):
+            ttl = self.config.cache_seconds if address else self.config.negative_cache_seconds
+            self._aliases.put(alias, (now + ttl, address))
+
+    def _query_alias(self, alias: str) -> str | None:
+        """The entry found under ``alias``: its address that is not the alias itself (the
+        routing then checks it is on this network)."""
+        cfg = self.config
+        search = (cfg.alias_filter or "").replace("{address}", _escape(alias))
+        attribute = cfg.address_attribute
+        for entry in self._search(search, [attribute]):
+            for value in _values(entry, attribute):
+                text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+                candidate = lookup_key(text)
+                if candidate != alias and "@" in candidate:
+                    return candidate
+        return None
+
     def forget(self) -> None:
         """Drop every cached answer (reload)."""
         self._cache.clear()
@@ -155,9 +205,16 @@ class LdapDirectory:
         return connection
 
     def _query(self, address: str) -> list[x509.Certificate]:
-
         cfg = self.config
         search = cfg.certificate_filter.replace("{address}", _escape(address))
+        return [cert for entry in self._search(search, list(cfg.certificate_attributes))
+                for name in cfg.certificate_attributes
+                for cert in _certificates(_values(entry, name))
+                if _names(cert, address)]
+
+    def _search(self, search: str, attributes: list[str]) -> list[dict[str, Any]]:
+        """The entries ``search`` finds under ``base_dn``, on a pooled connection."""
+        cfg = self.config
         for attempt in (1, 2):  # a pooled connection the server closed: one fresh retry
             try:
                 connection = self._connections.get_nowait()
@@ -166,14 +223,10 @@ class LdapDirectory:
             try:
                 with self._lock:
                     self.queries += 1
-                connection.search(cfg.base_dn, search, attributes=list(
-                    cfg.certificate_attributes), size_limit=50,
-                    time_limit=max(1, int(cfg.timeout_seconds)))
-                certs = [cert for entry in connection.response or []
-                         if entry.get("type") == "searchResEntry"
-                         for name in cfg.certificate_attributes
-                         for cert in _certificates(_values(entry, name))
-                         if _names(cert, address)]
+                connection.search(cfg.base_dn, search, attributes=attributes, size_limit=50,
+                                  time_limit=max(1, int(cfg.timeout_seconds)))
+                entries = [entry for entry in connection.response or []
+                           if entry.get("type") == "searchResEntry"]
             except Exception as exc:  # (ldap3 raises more than LDAPException)
                 with contextlib.suppress(Exception):
                     connection.unbind()
@@ -182,7 +235,7 @@ class LdapDirectory:
                         f"directory query failed: {type(exc).__name__}") from None
                 continue
             self._connections.put(connection)
-            return certs
+            return entries
         raise DirectoryUnavailable("directory query failed")  # (not reached)
 
 

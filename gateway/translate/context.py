@@ -67,6 +67,32 @@ class Runtime:
                                        " network")
         return sender
 
+    def route_recipient(self, source: str, address: str) -> str:
+        """``routing.route_recipient`` with the destination directory's aliases (LDAP's
+        "address of alias", once ``prefetch_recipient`` asked for it)."""
+        directory = self.networks[other(source)].directory
+        return routing.route_recipient(self.routing, source, address,
+                                       getattr(directory, "resolve_alias", None))
+
+    async def prefetch_recipient(self, source: str, address: str) -> None:
+        """Ask the destination's directory about an alias the address book and the rewrite
+        rule do not route (nothing to ask otherwise). ``DirectoryUnavailable`` if it cannot
+        answer."""
+        directory = self.networks[other(source)].directory
+        fetch = getattr(directory, "prefetch_aliases", None)
+        if fetch is None:
+            return
+        try:
+            routing.route_recipient(self.routing, source, address)
+            return  # routed without the directory
+        except errors.GatewayError:
+            pass
+        try:
+            normalised = routing.normalise_address(address)
+        except errors.GatewayError:
+            return  # refused anyway, by route_recipient
+        await fetch([normalised])
+
     async def prefetch(self, source: str, mail_from: str, recipients: Sequence[str]) -> None:
         """Ask the destination's directory (when it must be asked: LDAP) about everything the
         translation will look up: the recipients and the sender's booked counterpart."""

@@ -35,7 +35,7 @@ network; one of them is the real mailbox, the other the alias the gateway answer
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -164,17 +164,28 @@ def booked_counterpart(table: RoutingTable, source: str, address: str) -> str | 
     return None if pair is None else _pair_side(pair, other(source))
 
 
-def route_recipient(table: RoutingTable, source: str, rcpt: str) -> str:
+def route_recipient(table: RoutingTable, source: str, rcpt: str,
+                    directory: Callable[[str], str | None] | None = None) -> str:
     """The destination address (on the other network) of recipient ``rcpt`` of a message
     entering from ``source``; ``RecipientRefused`` if the gateway cannot route it.
+
+    In order: the address book, the rewrite rule (``local=domain@`` on the alias domain),
+    then ``directory`` (the destination's LDAP "address of alias"), whose answer passes the
+    same checks as the others'.
     """
     destination = other(source)
     rcpt_address = normalise_address(rcpt)
     src, dst = table.networks[source], table.networks[destination]
     pair = table.pair_for(source, rcpt_address)
     target: str | None = None
+    rewritten = (src.is_alias(rcpt_address)
+                 and REWRITE_SEPARATOR in rcpt_address.partition("@")[0])
     if pair is not None:
         target = _pair_side(pair, destination)
+    elif (not rewritten and directory is not None and src.owns(rcpt_address)
+          and (found := directory(rcpt_address))):
+        # an alias lives on the network it is written from, as an address book's does
+        target = found
     elif src.is_alias(rcpt_address):
         encoded = rcpt_address.partition("@")[0]
         local, sep, domain = encoded.rpartition(REWRITE_SEPARATOR)

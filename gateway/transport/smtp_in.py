@@ -34,6 +34,7 @@ in), ``_writer``, ``_tls_protocol``, ``_original_transport``.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import re
 import time
@@ -93,7 +94,7 @@ _addresses: Memo[tuple[str, int], tuple[str | None, str | None]] = Memo(_ADDRESS
 
 
 CheckSender = Callable[[str], object]  # raises GatewayError; its result is ignored
-RouteRecipient = Callable[[str], str]  # raises GatewayError
+RouteRecipient = Callable[[str], str | Awaitable[str]]  # raises GatewayError
 Process = Callable[[InboundMessage], Awaitable[Reply]]
 
 
@@ -199,6 +200,8 @@ class _Handler:
             return _render(TOO_MANY_RECIPIENTS)
         try:
             routed = self.route_recipient(address)
+            if inspect.isawaitable(routed):  # a policy that asks a directory first
+                routed = await routed
         except GatewayError as exc:
             self._refused("RCPT", exc.code, exc.reply, session, recipient=address)
             return _render(exc.reply)

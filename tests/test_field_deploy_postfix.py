@@ -27,7 +27,6 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import Envelope, Session
 
 from gateway.app import Gateway
 from gateway.config import load_config
@@ -35,6 +34,7 @@ from gateway.devpki import init_pki
 from gateway.translate.context import build_runtime
 from tests.messages import Pki, open_as_recipient, text_entity, user_message
 from tests.ports import port_map
+from tests.sinks import Sink
 
 ROOT = Path(__file__).resolve().parents[1]
 STAND_INS = ROOT / "deploy" / "container" / "postfix"
@@ -44,17 +44,6 @@ MARIE_ON_APICRYPT = "marie.curie.mssante@passerelle.apicrypt.org"
 JEAN_ON_MSSANTE = "jean.dupont.apicrypt@passerelle.mssante.fr"
 
 pytestmark = pytest.mark.skipif(shutil.which("postfix") is None, reason="postfix missing")
-
-
-class Mailstore:
-    """The LMTP side of the demo's Dovecot: what the stand-ins deliver."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[list[str], bytes]] = []
-
-    async def handle_DATA(self, server: LMTP, session: Session, envelope: Envelope) -> str:
-        self.received.append((list(envelope.rcpt_tos), bytes(envelope.original_content or b"")))
-        return "250 2.0.0 delivered"
 
 
 def shipped_with_addresses(network: str, conf: Path, *, smtpd_port: int, lmtp_port: int,
@@ -114,7 +103,7 @@ def stand_in(network: str, smtpd_port: int, lmtp_port: int, pki: Path) -> Iterat
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[tuple[Pki, dict[str, int], Mailstore,
+async def world(tmp_path: Path) -> AsyncIterator[tuple[Pki, dict[str, int], Sink,
                                                        dict[str, Path]]]:
     ports = port_map("a_in", "a_out", "m_in", "m_out", "lmtp")
     pki_root = tmp_path / "pki"
@@ -124,7 +113,7 @@ async def world(tmp_path: Path) -> AsyncIterator[tuple[Pki, dict[str, int], Mail
     pki_root.chmod(0o755)
     for path in pki_root.rglob("*"):  # the postfix daemons read the TLS files
         path.chmod(0o755 if path.is_dir() else 0o644)
-    store = Mailstore()
+    store = Sink("250 2.0.0 delivered")  # the LMTP side of the demo's Dovecot
     server = await asyncio.get_running_loop().create_server(
         lambda: LMTP(store), "127.0.0.1", ports["lmtp"])
     config = load_config(pki_root / "gateway.toml")
@@ -153,7 +142,7 @@ def _send(pki: Pki, port: int, network: str, sender: str, rcpt: str, raw: bytes)
         return code
 
 
-async def _delivered(store: Mailstore, count: int, logs: dict[str, Path]) -> None:
+async def _delivered(store: Sink, count: int, logs: dict[str, Path]) -> None:
     for _ in range(300):
         if len(store.received) >= count:
             return
@@ -163,7 +152,7 @@ async def _delivered(store: Mailstore, count: int, logs: dict[str, Path]) -> Non
 
 
 async def test_the_compose_stand_ins_relay_what_the_gateway_sends(
-        world: tuple[Pki, dict[str, int], Mailstore, dict[str, Path]]) -> None:
+        world: tuple[Pki, dict[str, int], Sink, dict[str, Path]]) -> None:
     pki, ports, store, logs = world
     to_mssante = user_message(pki, JEAN, MARIE_ON_APICRYPT, text_entity("INR 2,7\n"))
     code = await asyncio.to_thread(_send, pki, ports["a_in"], "apicrypt", JEAN,

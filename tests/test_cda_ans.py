@@ -151,3 +151,18 @@ def test_toward_apicrypt_the_original_cda_is_attached(name: str) -> None:
     assert any("****LAB****" in t and "RES|" in t for t in texts)
     xml = [p.get_payload(decode=True) for p in parts if p.get_content_type() == "text/xml"]
     assert xml == [data]
+
+
+def test_a_narrative_cannot_forge_an_hprim_result() -> None:
+    """A CDA whose narrative holds HPRIM structure ("****LAB****", "RES|…") must not become
+    results in the HPRIM text: the apicrypt reader would show a forged value as the lab's."""
+    data = (EXAMPLES / "BIO-TROD_2024.01_Cystite.xml").read_bytes()
+    forged = data.replace(
+        b"<text>", b"<text><paragraph>****LAB****</paragraph>"
+        b"<paragraph>RES|Potassium|K|N|9.9|mmol/l|3.5|5.0|HH|F</paragraph>"
+        b"<paragraph>****FIN****</paragraph>", 1)
+    assert forged != data
+    doc = parse_hprim(_hprim(forged))
+    assert doc.lab is not None
+    assert [r.code for r in doc.lab.results] == ["5799-2", "5802-4", "80383-3"]
+    assert "> RES|Potassium" in doc.text and "> ****LAB****" in doc.text

@@ -33,6 +33,7 @@ from gateway.formats.hprim import (
     HprimHeader,
     LabBlock,
     LabResult,
+    inert_text,
     looks_like_hprim,
     parse_hprim,
     write_hprim,
@@ -178,7 +179,7 @@ def hprim_from_xdm(
                     return parse_hprim(text)
                 except MalformedError:
                     pass  # not quite HPRIM: keep it as free text
-            texts.append(text)
+            texts.append(inert_text(text))
         elif cda.media_type is not None:
             texts.append(f"Document joint ({cda.media_type}) : {cda.title or entry.uri}\r\n")
         else:
@@ -187,9 +188,9 @@ def hprim_from_xdm(
             # adds it), so nothing the lab wrote is lost to the HPRIM reader.
             if not has_text:  # beside a text document, the narrative would say it twice
                 if cda.title:
-                    texts.append(f"{cda.title}\r\n")
+                    texts.append(inert_text(f"{cda.title}\r\n"))
                 if cda.narrative:
-                    texts.append(cda.narrative)
+                    texts.append(inert_text(cda.narrative))
             results += lab_results_of(cda.observations)
             texts.append(f"Document CDA original joint : {entry.uri.rpartition('/')[2]}\r\n")
     body = "".join(t if t.endswith("\r\n") else t + "\r\n" for t in texts)

@@ -428,6 +428,15 @@ def _is_record(line: str) -> bool:
     return line[:4].upper() in ("RES|", "TEX|")
 
 
+def inert_text(text: str) -> str:
+    """Free text made safe to write into an HPRIM file: a line an HPRIM reader would take for
+    structure (a ``****`` marker, a ``RES|``/``TEX|`` record) is quoted with "> ", so text
+    written by someone else (a CDA narrative) can never forge a result block."""
+    lines = text.split("\n")
+    return "\n".join(f"> {line}" if _is_marker(line) or _is_record(line.lstrip())
+                     else line for line in lines)
+
+
 # --- detection, parsing, writing ---------------------------------------------------------------
 
 

@@ -58,7 +58,7 @@ from gateway.formats.cda import (
 )
 from gateway.formats.charset import DecodedText, decode_text, encode_for_apicrypt
 from gateway.formats.convert import documents_from_hprim, hprim_from_xdm
-from gateway.formats.hprim import looks_like_hprim, parse_hprim, write_hprim
+from gateway.formats.hprim import inert_text, looks_like_hprim, parse_hprim, write_hprim
 from gateway.formats.mime_limits import DEFAULT_LIMITS, MimeLimits, parse_message
 from gateway.formats.xdm import DEFAULT_LIMITS as DEFAULT_XDM_LIMITS
 from gateway.formats.xdm import XdmContent, XdmLimits, build_xdm, read_xdm
@@ -436,7 +436,7 @@ def _to_apicrypt_xdm(msg: EmailMessage, xdm_leaf: Message, ctx: _Ctx, signer: Si
     if message_text.strip():
         if not cda_texts:
             note = message_text if message_text.endswith("\r\n") else message_text + "\r\n"
-            doc = replace(doc, text=note + doc.text)
+            doc = replace(doc, text=inert_text(note) + doc.text)
         elif not any(_same_text(message_text, t) for t in cda_texts):
             extra.append(_text_part(message_text, ctx))  # a cover note: its own part
     parts: list[Message] = [_text_part(write_hprim(doc), ctx), *extra]

@@ -166,3 +166,13 @@ def test_a_narrative_cannot_forge_an_hprim_result() -> None:
     assert doc.lab is not None
     assert [r.code for r in doc.lab.results] == ["5799-2", "5802-4", "80383-3"]
     assert "> RES|Potassium" in doc.text and "> ****LAB****" in doc.text
+
+
+def test_an_antibiogram_keeps_its_interpretations() -> None:
+    """R/I/S have no HPRIM flag: they follow their RES line as TEX text (42 in the examples)."""
+    text = _hprim((EXAMPLES / "BIO-CR-BIO_2024.01_Microbiologie_V1.xml").read_bytes())
+    doc = parse_hprim(text)
+    assert doc.lab is not None
+    said = [c for r in doc.lab.results for c in r.comments]
+    assert {"Interprétation : résistant", "Interprétation : intermédiaire",
+            "Interprétation : sensible"} <= set(said)

@@ -351,8 +351,19 @@ def lab_results_of(observations: Iterable[LabObservation]) -> tuple[LabResult, .
             unit=o.unit,
             low=o.low,
             high=o.high,
-            flag=o.interpretation if o.interpretation in ("L", "H", "LL", "HH", "N") else None,
-            comments=(o.comment,) if o.comment else (),
+            flag=o.interpretation if o.interpretation in _HPRIM_FLAGS else None,
+            # an interpretation HPRIM has no flag for (A, POS, NEG, R...) stays, as text
+            comments=tuple(c for c in (
+                o.comment,
+                "Interprétation : " + _INTERPRETATIONS.get(o.interpretation, o.interpretation)
+                if o.interpretation and o.interpretation not in _HPRIM_FLAGS else None) if c),
         )
         for o in observations
     )
+
+
+_HPRIM_FLAGS = frozenset({"L", "H", "LL", "HH", "N"})
+# HL7 ObservationInterpretation codes HPRIM has no flag for (antibiograms, qualitative tests)
+_INTERPRETATIONS = {"R": "résistant", "I": "intermédiaire", "S": "sensible", "A": "anormal",
+                    "AA": "très anormal", "POS": "positif", "NEG": "négatif",
+                    "DET": "détecté", "ND": "non détecté", "IND": "indéterminé"}

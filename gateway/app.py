@@ -250,6 +250,7 @@ class Gateway:
                                          process_budget=float(g.data_timeout_seconds)),
                 check_sender=functools.partial(self._check_sender, name),
                 route_recipient=functools.partial(self._route_recipient, name),
+                prepare_recipient=functools.partial(self.runtime_prefetch_recipient, name),
                 process=self.process,
                 bounce=Bouncer(hostname=g.hostname,
                                runtime=functools.partial(self.runtime_of, name),
@@ -275,6 +276,9 @@ class Gateway:
             if self.runtime.network(network).directory.lookup(address):
                 raise errors.RecipientRefused("recipient is a user of the source network")
         return self.runtime.route_recipient(network, address)
+
+    async def runtime_prefetch_recipient(self, network: str, address: str) -> None:
+        await self.runtime.prefetch_recipient(network, address)
 
     async def _route_recipient_async(self, network: str, address: str) -> str:
         # an alias only the destination's LDAP directory knows: asked here, off the loop

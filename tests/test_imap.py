@@ -625,3 +625,25 @@ async def test_a_folder_the_server_cannot_hold_is_one_clear_error_with_back_off(
     assert 2 <= poller.counts["folder_unusable"] <= 8  # backed off, not a hot loop
     assert rig.sinks["mssante"].received == []
     assert (await rig.counts())["INBOX"] == 1  # nothing lost either
+
+
+def test_a_recipient_a_directory_must_be_asked_holds_the_message() -> None:
+    """A mailbox message to an alias only an LDAP directory knows: until the directory has
+    answered, the message is "try again" (4xx: it stays in the mailbox), never "not for the
+    gateway" (which would reject it with a DSN)."""
+    from gateway import errors
+    from gateway.transport.imap_in import envelope_of
+
+    raw = (b"From: jean.dupont@medical59.apicrypt.org\r\n"
+           b"To: alias.annuaire@passerelle.apicrypt.org, collegue@medical59.apicrypt.org\r\n"
+           b"Subject: x\r\n\r\nx\r\n")
+
+    def route(rcpt: str) -> str:
+        if rcpt.startswith("alias."):
+            raise errors.DirectoryUnavailable("alias not looked up in the directory")
+        raise errors.RecipientRefused("same network")
+
+    envelope = envelope_of(raw, lambda sender: sender, route)
+    assert envelope.pending == ("alias.annuaire@passerelle.apicrypt.org",)
+    assert envelope.refusal is not None and envelope.refusal.transient
+    assert (envelope.refusal.code, envelope.refusal.status) == (451, "4.4.3")

@@ -85,6 +85,7 @@ from gateway.errors import (
     SIGNATURE_REFUSED,
     GatewayError,
     Reply,
+    TransientError,
 )
 from gateway.obs import new_trace_id, pseudonymise
 from gateway.smime.mime import parse_entity
@@ -180,6 +181,8 @@ class Envelope:
     recipients: tuple[str, ...]  # To/Cc as written
     routed: tuple[str, ...]  # destination addresses, no duplicates
     refusal: Reply | None = None  # set when the message cannot be relayed at all
+    # recipients a directory could not answer for yet (an LDAP alias): asked, then read again
+    pending: tuple[str, ...] = ()
 
 
 def envelope_of(raw: bytes, check_sender: CheckSender,
@@ -205,15 +208,22 @@ def envelope_of(raw: bytes, check_sender: CheckSender,
         return Envelope(None, tuple(rcpts), (), exc.reply)
     sender = checked if isinstance(checked, str) and checked else found[0].lower()
     routed: list[str] = []
+    pending: list[str] = []
+    transient: Reply | None = None
     for rcpt in rcpts:
         try:
             target = route_recipient(rcpt)
+        except TransientError as exc:  # a directory to ask: never "not for the gateway"
+            pending.append(rcpt)
+            transient = exc.reply
+            continue
         except GatewayError:
             continue  # e.g. a colleague on the same network in Cc: not for the gateway
         if target not in routed:
             routed.append(target)
-    refusal = None if routed else RECIPIENT_NOT_ALLOWED
-    return Envelope(sender, tuple(rcpts), tuple(routed), refusal)
+    # a recipient not judged yet holds the whole message (retried, never half relayed)
+    refusal = transient if transient else None if routed else RECIPIENT_NOT_ALLOWED
+    return Envelope(sender, tuple(rcpts), tuple(routed), refusal, tuple(pending))
 
 
 @dataclass(frozen=True)
@@ -250,10 +260,12 @@ class ImapPoller:
     def __init__(self, settings: ImapSettings, *, check_sender: CheckSender,
                  route_recipient: RouteRecipient, process: Process,
                  bounce: Bouncer | None, pseudonym: Callable[[str], str] = pseudonymise,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 prepare_recipient: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.s = settings
         self.check_sender = check_sender
         self.route_recipient = route_recipient
+        self.prepare_recipient = prepare_recipient  # asks a directory (LDAP aliases) first
         self.process = process
         self.bounce = bounce
         self.clock = clock
@@ -439,6 +451,11 @@ class ImapPoller:
             bound.warning("imap.vanished")
             return
         envelope = envelope_of(raw, self.check_sender, self.route_recipient)
+        if envelope.pending and self.prepare_recipient is not None:
+            with contextlib.suppress(GatewayError):  # unanswered: the refusal stays 4xx
+                for rcpt in envelope.pending:
+                    await self.prepare_recipient(rcpt)
+                envelope = envelope_of(raw, self.check_sender, self.route_recipient)
         if too_big:
             reply = MESSAGE_TOO_BIG
         elif envelope.refusal is not None:

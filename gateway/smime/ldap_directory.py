@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from cryptography import x509
@@ -40,6 +40,7 @@ from gateway.memo import Memo
 from gateway.smime.trust import email_addresses
 
 log = structlog.get_logger("gateway.ldap")
+T = TypeVar("T")
 
 _POOL_THREADS = 4
 
@@ -86,40 +87,13 @@ class LdapDirectory:
     # --- what the pipeline calls --------------------------------------------------------------
 
     def lookup(self, address: str) -> list[x509.Certificate]:
-        key = lookup_key(address)
-        entry = self._cache.get(key)
-        if entry is None or entry[0] < self.clock():
-            raise DirectoryUnavailable("recipient not looked up in the directory")
-        return list(entry[1])
+        certs: tuple[x509.Certificate, ...] = self._known(self._cache, address, "recipient")
+        return list(certs)
 
     async def prefetch(self, addresses: Iterable[str]) -> None:
         """Query the directory for every address not freshly known; one query per address,
         concurrently. Raises ``DirectoryUnavailable`` if one cannot be answered."""
-        now = self.clock()
-        wanted = []
-        for address in dict.fromkeys(lookup_key(a) for a in addresses):
-            entry = self._cache.get(address)
-            if entry is None or entry[0] < now:
-                wanted.append(address)
-        if not wanted:
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.config.timeout_seconds):
-                found = await asyncio.gather(*(
-                    loop.run_in_executor(self._pool, self._query, address)
-                    for address in wanted))
-        except TimeoutError:
-            log.warning("ldap.unavailable", error="timeout",
-                        timeout_s=self.config.timeout_seconds)
-            raise DirectoryUnavailable("directory did not answer in time") from None
-        except DirectoryUnavailable as exc:
-            log.warning("ldap.unavailable", error=exc.reason)
-            raise
-        now = self.clock()
-        for address, certs in zip(wanted, found, strict=True):
-            ttl = self.config.cache_seconds if certs else self.config.negative_cache_seconds
-            self._cache.put(address, (now + ttl, tuple(certs)))
+        await self._ask(self._cache, addresses, lambda a: tuple(self._query(a)))
 
     # --- "address of alias" ------------------------------------------------------------------
 
@@ -128,33 +102,46 @@ class LdapDirectory:
         the directory knows no such alias or has no ``alias_filter``."""
         if self.config.alias_filter is None:
             return None
-        entry = self._aliases.get(lookup_key(alias))
-        if entry is None or entry[0] < self.clock():
-            raise DirectoryUnavailable("alias not looked up in the directory")
-        return entry[1]
+        return self._known(self._aliases, alias, "alias")
 
     async def prefetch_aliases(self, aliases: Iterable[str]) -> None:
-        if self.config.alias_filter is None:
-            return
+        if self.config.alias_filter is not None:
+            await self._ask(self._aliases, aliases, self._query_alias)
+
+    # --- the cache and the pool ---------------------------------------------------------------
+
+    def _known(self, cache: Memo[str, tuple[float, T]], key: str, what: str) -> T:
+        entry = cache.get(lookup_key(key))
+        if entry is None or entry[0] < self.clock():
+            raise DirectoryUnavailable(f"{what} not looked up in the directory")
+        return entry[1]
+
+    async def _ask(self, cache: Memo[str, tuple[float, T]], keys: Iterable[str],
+                   query: Callable[[str], T]) -> None:
+        """``query`` each key not freshly in ``cache``, in the pool, concurrently, within
+        ``timeout_seconds``; an answer is kept ``cache_seconds``, "nothing" (an empty
+        answer) ``negative_cache_seconds``."""
         now = self.clock()
-        wanted = [a for a in dict.fromkeys(lookup_key(a) for a in aliases)
-                  if (entry := self._aliases.get(a)) is None or entry[0] < now]
+        wanted = [k for k in dict.fromkeys(lookup_key(k) for k in keys)
+                  if (entry := cache.get(k)) is None or entry[0] < now]
         if not wanted:
             return
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.config.timeout_seconds):
                 found = await asyncio.gather(*(
-                    loop.run_in_executor(self._pool, self._query_alias, alias)
-                    for alias in wanted))
+                    loop.run_in_executor(self._pool, query, key) for key in wanted))
         except TimeoutError:
             log.warning("ldap.unavailable", error="timeout",
                         timeout_s=self.config.timeout_seconds)
             raise DirectoryUnavailable("directory did not answer in time") from None
+        except DirectoryUnavailable as exc:
+            log.warning("ldap.unavailable", error=exc.reason)
+            raise
         now = self.clock()
-        for alias, address in zip(wanted, found, strict=True):
-            ttl = self.config.cache_seconds if address else self.config.negative_cache_seconds
-            self._aliases.put(alias, (now + ttl, address))
+        for key, answer in zip(wanted, found, strict=True):
+            ttl = self.config.cache_seconds if answer else self.config.negative_cache_seconds
+            cache.put(key, (now + ttl, answer))
 
     def _query_alias(self, alias: str) -> str | None:
         """The entry found under ``alias``: its address that is not the alias itself (the
@@ -169,10 +156,6 @@ class LdapDirectory:
                 if candidate != alias and "@" in candidate:
                     return candidate
         return None
-
-    def forget(self) -> None:
-        """Drop every cached answer (reload)."""
-        self._cache.clear()
 
     def close(self) -> None:
         while not self._connections.empty():

@@ -176,3 +176,23 @@ def test_an_antibiogram_keeps_its_interpretations() -> None:
     said = [c for r in doc.lab.results for c in r.comments]
     assert {"Interprétation : résistant", "Interprétation : intermédiaire",
             "Interprétation : sensible"} <= set(said)
+
+
+def test_an_embedded_pdf_copy_reaches_the_reader_as_a_file() -> None:
+    """16 of the 23 examples embed files (the PDF copy of the report, images) in their
+    structured body: toward apicrypt they are attachments of their own, named in the text."""
+    data = (EXAMPLES / "BIO-CR-BIO_2024.01_TSH_1.xml").read_bytes()
+    assert "Document joint (application/pdf) : doc-1" in _hprim(data)
+    cda = read_cda(data)
+    document = CdaDocument(xml=data, format_code=FORMAT_LAB, title=cda.title or "CR-BIO",
+                           type_code=LAB_REPORT_CODE, unique_id="1.2.3", creation_time=AT)
+    archive = build_xdm([document], cda.patient, CURIE, AT)
+    entity = mixed(text_entity(b"Bonjour.\r\n", "text/plain; charset=utf-8"),
+                   attachment(archive, "application/zip", XDM_FILENAME), boundary="mss-1")
+    result = normalise(entity, MSSANTE, APICRYPT, signers()[MARIE], [JEAN], at=AT)
+    message = email.message_from_bytes(b"MIME-Version: 1.0\r\n" + result.content,
+                                       policy=email.policy.default)
+    pdfs = [p for p in message.walk() if p.get_content_type() == "application/pdf"]
+    assert [p.get_filename() for p in pdfs] == ["doc-1.pdf"]
+    payload = pdfs[0].get_payload(decode=True)
+    assert isinstance(payload, bytes) and payload.startswith(b"%PDF-")

@@ -173,6 +173,8 @@ class CdaContent:
     observations: tuple[LabObservation, ...]
     narrative: str = ""  #: the structured body's sections as text (titles, tables aligned)
     structured: bool = False  #: a structuredBody (its results and narrative above)
+    #: files embedded in the structured body (observationMedia): (media type, bytes, its ID)
+    embedded: tuple[tuple[str, bytes, str], ...] = ()
 
 
 # --- writing ----------------------------------------------------------------------------------

@@ -322,9 +322,11 @@ def read_cda(data: bytes, max_bytes: int = MAX_XML_BYTES) -> CdaContent:
     body = _first(root, "h:component/h:structuredBody")
     observations: tuple[LabObservation, ...] = ()
     narrative = ""
+    embedded: tuple[tuple[str, bytes, str], ...] = ()
     if body is not None:
         observations = _observations(body, _ids(body))
         narrative = narrative_text(body)
+        embedded = _embedded(body)
     return CdaContent(
         document_id=_attr(root, "h:id", "root"),
         title=_text(root, "h:title"),
@@ -337,7 +339,25 @@ def read_cda(data: bytes, max_bytes: int = MAX_XML_BYTES) -> CdaContent:
         observations=observations,
         narrative=narrative,
         structured=body is not None,
+        embedded=embedded,
     )
+
+
+def _embedded(body: etree._Element) -> tuple[tuple[str, bytes, str], ...]:
+    """The files a structured body carries (a PDF copy of the report, images): what the
+    reader of the HPRIM text gets as attachments. One that does not decode is left out."""
+    out: list[tuple[str, bytes, str]] = []
+    for media in body.iter(f"{{{HL7}}}observationMedia"):
+        value = _first(media, "h:value")
+        if value is None or value.get("representation") != "B64":
+            continue
+        try:
+            data = base64.b64decode("".join(_t(value).split()), validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        kind = str(value.get("mediaType") or "application/octet-stream")
+        out.append((kind, data, str(media.get("ID") or f"media{len(out) + 1}")))
+    return tuple(out)
 
 
 def lab_results_of(observations: Iterable[LabObservation]) -> tuple[LabResult, ...]:

@@ -192,6 +192,8 @@ def hprim_from_xdm(
                 if cda.narrative:
                     texts.append(inert_text(cda.narrative))
             results += lab_results_of(cda.observations)
+            texts += [f"Document joint ({kind}) : {inert_text(name)}\r\n"
+                      for kind, _, name in cda.embedded]
             texts.append(f"Document CDA original joint : {entry.uri.rpartition('/')[2]}\r\n")
     body = "".join(t if t.endswith("\r\n") else t + "\r\n" for t in texts)
     return HprimDocument(

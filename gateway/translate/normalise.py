@@ -392,7 +392,9 @@ def _xdm_attachments(content: XdmContent, carried: set[bytes]) -> list[MIMEPart]
         cda = entry.cda
         if cda is not None and cda.structured:
             # its results and narrative are in the HPRIM text; the original goes along,
-            # as the text says, for software (and readers) that take the CDA itself
+            # as the text says, for software (and readers) that take the CDA itself; the
+            # files it embeds (a PDF copy, images) go along as files of their own
+            out += _embedded_parts(cda.embedded, carried)
             data, media = entry.content, "text/xml"
             title = entry.uri.rpartition("/")[2] or f"document{index}.xml"
         elif cda is not None:
@@ -414,6 +416,25 @@ def _xdm_attachments(content: XdmContent, carried: set[bytes]) -> list[MIMEPart]
             filename += ".pdf"
         out.append(_binary_part(data, media, filename=filename))
     return out
+
+
+_EXTENSIONS = {"application/pdf": ".pdf", "image/jpeg": ".jpg", "image/png": ".png",
+               "image/gif": ".gif", "text/plain": ".txt"}
+
+
+def _embedded_parts(embedded: Sequence[tuple[str, bytes, str]],
+                    carried: set[bytes]) -> list[MIMEPart]:
+    parts = []
+    for kind, data, name in embedded:
+        digest = hashlib.sha256(data).digest()
+        if digest in carried:
+            continue
+        carried.add(digest)
+        media = kind.lower() if re.fullmatch(r"[a-z0-9.+-]+/[a-z0-9.+-]+", kind.lower()) \
+            else "application/octet-stream"
+        filename = (_safe_filename(name) or "document") + _EXTENSIONS.get(media, "")
+        parts.append(_binary_part(data, media, filename=filename))
+    return parts
 
 
 def _to_apicrypt_xdm(msg: EmailMessage, xdm_leaf: Message, ctx: _Ctx, signer: Signer,

@@ -22,15 +22,14 @@ import structlog
 # Fields that must never be logged, whatever a caller passes.
 _FORBIDDEN = frozenset({"body", "content", "subject", "raw", "plaintext", "text", "name",
                         "patient", "message", "data"})
-_key: bytes = secrets.token_bytes(32)
 
 
 def set_pseudonym_key(key: bytes) -> None:
     """Use a shared key so several instances pseudonymise an address to the same token."""
-    global _key
+    global _pseudonymiser
     if len(key) < 16:
         raise ValueError("pseudonym key must be at least 16 bytes")
-    _key = key
+    _pseudonymiser = keyed_pseudonym(key)
 
 
 def keyed_pseudonym(key: bytes) -> Callable[[str], str]:
@@ -44,9 +43,12 @@ def keyed_pseudonym(key: bytes) -> Callable[[str], str]:
     return pseudonymise
 
 
+_pseudonymiser = keyed_pseudonym(secrets.token_bytes(32))  # until set_pseudonym_key
+
+
 def pseudonymise(address: str) -> str:
     """A stable, keyed, non-reversible token for an address (the process's key)."""
-    return keyed_pseudonym(_key)(address)
+    return _pseudonymiser(address)
 
 
 def new_trace_id() -> str:

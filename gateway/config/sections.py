@@ -204,20 +204,22 @@ def ldap(c: Checker, net: Mapping[str, Any], prefix: str) -> LdapConfig | None:
     password_file = c.path(table, "password_file", p, required=bind_dn is not None)
     if password_file is not None:
         c.secret_mode(f"{p}.password_file", password_file)
-    template = c.string(table, "certificate_filter", p, _L("certificate_filter"))
-    if "{address}" not in template or not (template.startswith("(")
-                                           and template.endswith(")")):
-        c.problem(f"{p}.certificate_filter", "must be an LDAP filter holding {address}")
+
+    def template(name: str, default: str) -> str:
+        value = c.string(table, name, p, default)
+        if value and ("{address}" not in value
+                      or not (value.startswith("(") and value.endswith(")"))):
+            c.problem(f"{p}.{name}", "must be an LDAP filter holding {address}")
+        return value
+
+    certificate_filter = template("certificate_filter", _L("certificate_filter"))
     attributes = tuple(v for _, v in c.string_list(table, "certificate_attributes", p)) or _L(
         "certificate_attributes")
-    alias_filter = c.string(table, "alias_filter", p) or None
-    if alias_filter is not None and ("{address}" not in alias_filter or not (
-            alias_filter.startswith("(") and alias_filter.endswith(")"))):
-        c.problem(f"{p}.alias_filter", "must be an LDAP filter holding {address}")
+    alias_filter = template("alias_filter", "") or None
     return LdapConfig(
         url=url, base_dn=base_dn, ca_file=c.path(table, "ca_file", p),
         starttls=starttls, bind_dn=bind_dn, password_file=password_file,
-        certificate_filter=template, certificate_attributes=attributes,
+        certificate_filter=certificate_filter, certificate_attributes=attributes,
         alias_filter=alias_filter,
         address_attribute=c.string(table, "address_attribute", p, _L("address_attribute")),
         timeout_seconds=c.seconds(table, "timeout_seconds", p, _L("timeout_seconds")),
